@@ -1,0 +1,84 @@
+# tern build. `make` builds build/tern; `make test` runs every test; `make run` boots the default guest.
+CC      ?= cc
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla
+CFLAGS  ?= -O2 -g
+CPPFLAGS += -Isrc
+LDLIBS  := -lZydis -lpthread -lm
+
+SRCS     := $(shell find src -name '*.c' | sort)
+LIB_SRCS := $(filter-out src/main.c,$(SRCS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+KVM_SRCS  := $(wildcard tests/kvm/test_*.c)
+
+# Two trees: build/ (optimized, what users run) and build-asan/ (tests, ASan+UBSan).
+B  := build
+BA := build-asan
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+OBJS   := $(LIB_SRCS:%.c=$(B)/%.o)
+AOBJS  := $(LIB_SRCS:%.c=$(BA)/%.o)
+
+.PHONY: all test unit run guest clean format check-format bench asan
+all: $(B)/tern
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(CPPFLAGS) -MMD -MP -c $< -o $@
+
+$(BA)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(CPPFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/libtern.a: $(OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BA)/libtern.a: $(AOBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/tern: $(B)/src/main.o $(B)/libtern.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BA)/tern: $(BA)/src/main.o $(BA)/libtern.a
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+# Unit and KVM tests: one program per file, built with ASan+UBSan.
+UNIT_BINS := $(UNIT_SRCS:tests/%.c=$(BA)/tests/%)
+KVM_BINS  := $(KVM_SRCS:tests/%.c=$(BA)/tests/%)
+
+$(BA)/tests/%: tests/%.c $(BA)/libtern.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(CPPFLAGS) -Itests -o $@ $< $(wildcard tests/$(dir $*)lib/*.c) $(BA)/libtern.a $(LDLIBS) -lcmocka
+
+asan: $(BA)/tern $(UNIT_BINS) $(KVM_BINS)
+
+guest:
+	bash guest/build.sh
+
+# Everything: unit tests, KVM backend tests, end-to-end tests on the real guest.
+test: all asan guest
+	bash tests/run.sh
+
+unit: asan
+	TERN_TEST_ONLY=unit bash tests/run.sh
+
+run: 
+	bash scripts/deps.sh
+	$(MAKE) all guest
+	$(B)/tern run
+
+bench: all guest
+	bash bench/boot
+
+format:
+	clang-format -i $(SRCS) $(shell find src tests -name '*.h')
+
+check-format:
+	clang-format --dry-run --Werror $(SRCS) $(shell find src tests -name '*.h')
+
+clean:
+	rm -rf $(B) $(BA)
+
+-include $(shell find $(B) $(BA) -name '*.d' 2>/dev/null)

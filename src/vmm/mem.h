@@ -1,0 +1,72 @@
+/*
+ * Guest physical memory: one host mapping, and the one checked accessor.
+ *
+ * Layout: RAM from 0 up to min(size, MEM_HOLE_START); what does not fit below
+ * the 32-bit PCI/APIC hole continues at 4 GiB. Both parts live in one
+ * contiguous host mapping so a snapshot or clone can treat guest memory as a
+ * single file.
+ *
+ * Every access a device or the VMM makes to guest memory goes through
+ * gm_ptr()/gm_read()/gm_write(): the (gpa, len) pair is overflow-checked and
+ * must lie entirely inside one RAM region. Writes are recorded in the dirty
+ * bitmap (for snapshots, migration and memory reclaim) and reported to the
+ * CPU backend's code-page hook (so the emulator drops decoded instructions on
+ * pages a device overwrote).
+ */
+#ifndef TERN_VMM_MEM_H
+#define TERN_VMM_MEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GM_PAGE_SHIFT 12
+#define GM_PAGE_SIZE (1ull << GM_PAGE_SHIFT)
+#define MEM_HOLE_START 0xC0000000ull /* 3 GiB: PCI MMIO, IOAPIC, LAPIC above */
+#define MEM_HIGH_START 0x100000000ull
+
+struct guest_mem {
+	uint8_t *hva;	    /* host mapping of all guest RAM */
+	uint64_t size;	    /* total RAM bytes */
+	uint64_t low_size;  /* RAM bytes mapped at gpa [0, low_size) */
+	uint64_t high_size; /* RAM bytes mapped at gpa [4 GiB, 4 GiB + high_size) */
+	int fd;		    /* memfd backing the mapping, -1 if anonymous */
+
+	/* One bit per RAM page (indexed by page offset into hva), set on write. */
+	uint64_t *dirty;
+	uint64_t npages;
+
+	/* Called for device writes to pages the CPU backend caches code for. */
+	uint64_t *code_pages; /* bitmap, NULL when the backend needs no hook */
+	void (*code_write)(void *opaque, uint64_t page_index);
+	void *code_opaque;
+};
+
+/* Allocate size bytes of guest RAM. Returns 0 or -errno. */
+int gm_init(struct guest_mem *gm, uint64_t size);
+void gm_destroy(struct guest_mem *gm);
+
+/*
+ * Translate a guest-physical range to a host pointer, or NULL when any byte
+ * of [gpa, gpa+len) is not RAM or the range wraps. len == 0 is valid for any
+ * gpa inside RAM. Does not mark anything dirty: use for reads.
+ */
+void *gm_ptr(struct guest_mem *gm, uint64_t gpa, uint64_t len);
+
+/* As gm_ptr(), for a range the caller is about to write: marks it dirty. */
+void *gm_ptr_w(struct guest_mem *gm, uint64_t gpa, uint64_t len);
+
+/* Copy helpers; return 0 or -EFAULT if the range is not entirely RAM. */
+int gm_read(struct guest_mem *gm, uint64_t gpa, void *buf, uint64_t len);
+int gm_write(struct guest_mem *gm, uint64_t gpa, const void *buf, uint64_t len);
+
+/* Page index (into hva) of a RAM gpa, or UINT64_MAX if gpa is not RAM. */
+uint64_t gm_page_index(const struct guest_mem *gm, uint64_t gpa);
+
+/* Mark [hva offset, +len) dirty; used by backends that write RAM directly. */
+void gm_mark_dirty(struct guest_mem *gm, uint64_t off, uint64_t len);
+
+/* Test-and-clear the dirty bit of one page. */
+bool gm_test_clear_dirty(struct guest_mem *gm, uint64_t page_index);
+
+#endif
