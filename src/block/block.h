@@ -1,0 +1,49 @@
+/*
+ * Block layer: one interface over every disk format and transport tern
+ * supports (raw files, qcow2 with backing chains, NBD). virtio-blk and the
+ * `tern img` tools use only these functions.
+ *
+ * All functions return 0 (or a byte count where stated) on success and
+ * -errno on failure. Offsets and lengths need not be sector aligned unless a
+ * driver says so; callers are trusted here (virtio-blk validates guest input
+ * before calling).
+ */
+#ifndef TERN_BLOCK_BLOCK_H
+#define TERN_BLOCK_BLOCK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct blockdev;
+
+struct blockdev_ops {
+	const char *format;
+	int (*preadv)(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off);
+	int (*pwritev)(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off);
+	int (*flush)(struct blockdev *bd);
+	int (*discard)(struct blockdev *bd, uint64_t off, uint64_t len);
+	int (*write_zeroes)(struct blockdev *bd, uint64_t off, uint64_t len);
+	void (*close)(struct blockdev *bd);
+};
+
+struct blockdev {
+	const struct blockdev_ops *ops;
+	uint64_t size; /* virtual size in bytes */
+	bool readonly;
+	char *spec; /* what the user named: a path or URI */
+};
+
+/* Open a disk by path (format probed from its content) or URI. */
+int blk_open(const char *spec, bool readonly, struct blockdev **out);
+void blk_close(struct blockdev *bd);
+
+int blk_pread(struct blockdev *bd, void *buf, uint64_t len, uint64_t off);
+int blk_pwrite(struct blockdev *bd, const void *buf, uint64_t len, uint64_t off);
+int blk_preadv(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off);
+int blk_pwritev(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off);
+int blk_flush(struct blockdev *bd);
+int blk_discard(struct blockdev *bd, uint64_t off, uint64_t len);
+int blk_write_zeroes(struct blockdev *bd, uint64_t off, uint64_t len);
+
+#endif

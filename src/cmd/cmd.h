@@ -1,0 +1,9 @@
+/* Subcommands of the tern CLI: one file each under src/cmd/. */
+#ifndef TERN_CMD_CMD_H
+#define TERN_CMD_CMD_H
+
+/* Each returns the process exit status. argv[0] is the subcommand name. */
+int cmd_run(int argc, char **argv);
+int cmd_img(int argc, char **argv);
+
+#endif
