@@ -13,6 +13,7 @@
 #include "vmm/mem.h"
 
 struct vm;
+struct pci_bus;
 
 /* vCPU life: created -> running <-> paused -> stopped. Driven by vm_* calls, not signals. */
 enum vcpu_run_state { VCPU_CREATED, VCPU_RUNNING, VCPU_PAUSED, VCPU_STOPPED };
@@ -69,7 +70,8 @@ struct vm {
 	struct vcpu *vcpus;
 	struct io_bus pio, mmio;
 	struct device *devices;
-	void *machine; /* platform devices (arch/x86): serial, irq routing, ... */
+	void *machine; /* platform devices (arch/x86): serial, exit device, ACPI PM, ... */
+	struct pci_bus *pci; /* hw/pci.c: host bridge and config space */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
