@@ -27,6 +27,8 @@ struct bus_range {
 	const char *name;
 };
 
+#define BUS_LOGGED_MAX 32
+
 struct io_bus {
 	pthread_rwlock_t lock; /* ranges change rarely (BAR moves); lookups are shared */
 	struct bus_range *ranges; /* sorted by base, non-overlapping */
@@ -34,6 +36,9 @@ struct io_bus {
 	const char *name;
 	/* Unclaimed accesses seen, for stats and "log once" per 4 KiB page. */
 	uint64_t unclaimed;
+	/* Pages already warned about (under lock); beyond BUS_LOGGED_MAX only counted. */
+	uint64_t logged[BUS_LOGGED_MAX];
+	unsigned nlogged;
 };
 
 int bus_init(struct io_bus *bus, const char *name);
