@@ -36,6 +36,10 @@ struct blockdev {
 
 /* Open a disk by path (format probed from its content) or URI. */
 int blk_open(const char *spec, bool readonly, struct blockdev **out);
+/* Open with a known format ("raw", "qcow2"); NULL probes like blk_open. */
+int blk_open_fmt(const char *spec, const char *fmt, bool readonly, struct blockdev **out);
+/* Name the format of the image at path ("qcow2" or "raw") from its content. */
+int blk_probe(const char *path, const char **fmt);
 void blk_close(struct blockdev *bd);
 
 int blk_pread(struct blockdev *bd, void *buf, uint64_t len, uint64_t off);
