@@ -6,6 +6,7 @@
 #define TERN_VMM_VM_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cpu/cpu.h"
@@ -26,6 +27,7 @@ struct vcpu {
 	void *backend; /* backend-private vCPU state */
 	/* Counters for stats. */
 	uint64_t exits_pio, exits_mmio, exits_hlt, exits_other;
+	bool dead_halt; /* returned VCPU_EXIT_HLT: halted with nothing able to wake it */
 };
 
 /* Why the VM stopped. */
@@ -45,7 +47,14 @@ enum vm_stop_reason {
  * owned by the device, versioned by it); restore() reads it back and must
  * validate everything it reads.
  */
-struct dev_buf;
+struct dev_buf {
+	uint8_t *data;
+	uint64_t len, cap;
+};
+/* Append len bytes to a save buffer; 0 or -ENOMEM. */
+int dev_buf_put(struct dev_buf *b, const void *data, uint64_t len);
+void dev_buf_free(struct dev_buf *b);
+
 struct device_ops {
 	const char *name;
 	void (*pause)(void *dev);
@@ -70,13 +79,19 @@ struct vm {
 	struct vcpu *vcpus;
 	struct io_bus pio, mmio;
 	struct device *devices;
-	void *machine; /* platform devices (arch/x86): serial, exit device, ACPI PM, ... */
+	void *machine;	     /* platform devices (arch/x86): serial, exit device, ACPI PM, ... */
 	struct pci_bus *pci; /* hw/pci.c: host bridge and config space */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	enum vm_stop_reason stop_reason; /* first reason wins */
 	int exit_status;		 /* guest-reported exit status, or -1 */
+
+	/* vCPU thread control, under lock. */
+	bool started, joined;
+	int ncpus_started; /* vCPU threads created (joined at the end) */
+	bool pause_req;	   /* vCPUs park in VCPU_PAUSED while set */
+	int ndead_halted;  /* vCPUs that returned VCPU_EXIT_HLT */
 };
 
 struct vm_config {
@@ -95,6 +110,11 @@ int vm_start(struct vm *vm);
 enum vm_stop_reason vm_wait(struct vm *vm);
 /* From any thread (a device, the API, a signal handler thread): stop the VM. */
 void vm_request_stop(struct vm *vm, enum vm_stop_reason why);
+/* Park every vCPU outside the guest (and pause devices); vm_resume() undoes it. 0 or -errno. */
+int vm_pause(struct vm *vm);
+void vm_resume(struct vm *vm);
+/* A short human-readable name for a stop reason. */
+const char *vm_stop_reason_str(enum vm_stop_reason why);
 
 /* Called by CPU backends on the vCPU thread for each guest I/O access. */
 void vm_pio(struct vcpu *vcpu, uint16_t port, void *data, unsigned size, int is_write);
