@@ -148,6 +148,32 @@ void *emu_host_ptr_rw(struct emu_cpu *c, uint64_t la, unsigned size);
 void emu_tlb_flush(struct emu_cpu *c, bool include_global);
 void emu_tlb_flush_page(struct emu_cpu *c, uint64_t la);
 
+/*
+ * ---- Hooks the core calls; the system part (sys.c) implements them ----
+ * Weak fallbacks in the core let it link and run its own tests without sys.c.
+ */
+/* After emu_raise() longjmped to the run loop: deliver c->fault_vec/fault_err. */
+void emu_deliver_fault(struct emu_cpu *c);
+/*
+ * Called at block boundaries when c->sys.pending_irq, c->sys.kick or
+ * c->sys.halted is set, and every EMU_EVENT_PERIOD blocks (timers):
+ * deliver interrupts, sleep in HLT, ... Return true to make emu_exec()
+ * return *exit.
+ */
+bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit);
+#define EMU_EVENT_PERIOD 256
+/* MOV/POP to a segment register: load selector sel into c->seg[seg] with checks; may raise. */
+void emu_load_seg(struct emu_cpu *c, int seg, uint16_t sel);
+/*
+ * Rules for code that changes modes (sys.c): after writing CR3, CR0.PG/WP,
+ * CR4.PGE/PAE or EFER.NXE call emu_tlb_flush(); after changing CS, CR0.PE,
+ * EFER.LMA or anything else that changes how following instructions decode,
+ * set c->stop_block so the run loop starts a new block (the decoded-block
+ * cache is keyed by mode, which is recomputed there; c->mode64 too).
+ * Instructions whose handler comes from emu_sys_handler() always end their
+ * block.
+ */
+
 /* ---- Run loop (exec.c) ---- */
 /* Execute until the vCPU must return to the VMM or max_insns have run (0: no limit). */
 enum vcpu_exit emu_exec(struct emu_cpu *c, uint64_t max_insns);

@@ -16,6 +16,7 @@ struct emu_tlb_entry {
 	uint64_t tag;  /* linear page number | valid bit, per access kind */
 	uint8_t *host; /* host address of the page start */
 	uint64_t gpa;  /* guest-physical page address */
+	bool global;   /* from a G=1 PTE: survives emu_tlb_flush(c, false) */
 };
 #define EMU_TLB_SIZE 256
 
@@ -46,7 +47,14 @@ struct emu_cpu {
 	int fault_vec;	    /* set by emu_raise() */
 	uint32_t fault_err;
 	uint64_t icount;    /* instructions retired */
+	uint64_t insn_limit; /* emu_exec() returns once icount reaches it */
 	struct emu_block_cache *bc;
+	bool stop_block;      /* end the current block after this instruction */
+	bool stop_on_fault;   /* tests: emu_exec() returns VCPU_EXIT_ERROR on a fault, undelivered */
+	bool fault_unhandled; /* set by the fallback emu_deliver_fault() when sys.c is absent */
+	uint8_t dmode;	      /* decode mode of the current block (decode.c's enum) */
+	uint32_t event_tick;  /* blocks since emu_check_events() last ran */
+	uint64_t block_page;  /* guest-physical page of the executing block (self-modifying code) */
 
 	struct emu_vm *vm;
 	struct vcpu *vcpu; /* NULL in unit tests */
