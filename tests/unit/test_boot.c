@@ -1,0 +1,309 @@
+/* Linux boot protocol: zero page, e820, kernel/initrd placement, entry state. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "arch/x86/boot.h"
+
+#define MiB (1024ull * 1024)
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	memcpy(p, &v, 2);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+
+/* A minimal bzImage: 4 setup sectors + boot sector, then pm_size bytes of "kernel". */
+static uint8_t *fake_bzimage(size_t pm_size, size_t *size)
+{
+	size_t setup = 5 * 512;
+	uint8_t *k = calloc(1, setup + pm_size);
+
+	assert_non_null(k);
+	k[0x1f1] = 4;
+	put16(k + 0x1fe, 0xaa55);
+	k[0x201] = 0x66; /* header ends at 0x268 */
+	memcpy(k + 0x202, "HdrS", 4);
+	put16(k + 0x206, 0x020f);
+	k[0x211] = 0x01;		     /* LOADED_HIGH */
+	put32(k + 0x22c, 0x7fffffff);	     /* initrd_addr_max */
+	put32(k + 0x230, 0x200000);	     /* kernel_alignment */
+	k[0x234] = 1;			     /* relocatable */
+	put16(k + 0x236, 0x3);		     /* XLF_KERNEL_64 | CAN_BE_LOADED_ABOVE_4G */
+	put32(k + 0x238, 2047);		     /* cmdline_size */
+	put64(k + 0x258, 0x1000000);	     /* pref_address */
+	put32(k + 0x260, 3 * (uint32_t)MiB); /* init_size */
+	for (size_t i = 0; i < pm_size; i++)
+		k[setup + i] = (uint8_t)(i * 7 + 1);
+	*size = setup + pm_size;
+	return k;
+}
+
+struct ctx {
+	struct guest_mem gm;
+};
+
+static int setup(void **state)
+{
+	struct ctx *c = calloc(1, sizeof(*c));
+
+	if (!c || gm_init(&c->gm, 128 * MiB))
+		return -1;
+	*state = c;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct ctx *c = *state;
+
+	gm_destroy(&c->gm);
+	free(c);
+	return 0;
+}
+
+static void test_synthetic_layout(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t ksize;
+	uint8_t *k = fake_bzimage(1 * MiB, &ksize);
+	uint8_t initrd[10000];
+	const char *cmd = "console=ttyS0 panic=-1";
+	uint8_t *bp, *p;
+	struct e820_entry e[8];
+
+	memset(initrd, 0xab, sizeof(initrd));
+	assert_int_equal(
+	    boot_load_linux(&c->gm, k, ksize, initrd, sizeof(initrd), cmd, 0xe0000, &bi), 0);
+	assert_int_equal(bi.kernel_addr, 0x1000000);
+	assert_int_equal(bi.entry, 0x1000200);
+	assert_int_equal(bi.protocol, 0x020f);
+	/* The protected-mode kernel is copied to its load address. */
+	p = gm_ptr(&c->gm, bi.kernel_addr, 1 * MiB);
+	assert_memory_equal(p, k + 5 * 512, 1 * MiB);
+
+	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
+	assert_non_null(bp);
+	assert_int_equal(bp[0x210], 0xff);			/* type_of_loader */
+	assert_memory_equal(bp + 0x202, "HdrS", 4);		/* header copied */
+	assert_int_equal(get32(bp + 0x228), BOOT_CMDLINE_ADDR); /* cmd_line_ptr */
+	assert_string_equal((char *)gm_ptr(&c->gm, BOOT_CMDLINE_ADDR, strlen(cmd) + 1), cmd);
+	/* initrd: page aligned, high, below 128 MiB and above the kernel's init area. */
+	assert_int_equal(get32(bp + 0x218), bi.initrd_addr);
+	assert_int_equal(get32(bp + 0x21c), sizeof(initrd));
+	assert_int_equal(bi.initrd_addr % 4096, 0);
+	assert_true(bi.initrd_addr + sizeof(initrd) <= 128 * MiB);
+	assert_true(bi.initrd_addr >= 128 * MiB - 4 * 4096);
+	assert_true(bi.initrd_addr >= bi.kernel_addr + 3 * MiB);
+	assert_memory_equal(gm_ptr(&c->gm, bi.initrd_addr, sizeof(initrd)), initrd, sizeof(initrd));
+	/* RSDP pointer. */
+	assert_int_equal(get32(bp + 0x70), 0xe0000);
+
+	/* e820: low RAM, EBDA and BIOS area reserved, RAM from 1 MiB to the end. */
+	assert_int_equal(bp[0x1e8], 4);
+	memcpy(e, bp + 0x2d0, 4 * sizeof(e[0]));
+	assert_int_equal(e[0].addr, 0);
+	assert_int_equal(e[0].size, 0x9fc00);
+	assert_int_equal(e[0].type, E820_RAM);
+	assert_int_equal(e[1].type, E820_RESERVED);
+	assert_int_equal(e[2].addr, 0xe0000);
+	assert_int_equal(e[2].type, E820_RESERVED);
+	assert_int_equal(e[3].addr, 1 * MiB);
+	assert_int_equal(e[3].addr + e[3].size, 128 * MiB);
+	assert_int_equal(e[3].type, E820_RAM);
+	/* Boot structures (zero page, tables, cmdline) sit in RAM the e820 marks usable
+	 * but below 1 MiB, which the kernel keeps for itself; the kernel sits above them. */
+	assert_true(BOOT_CMDLINE_ADDR + BOOT_CMDLINE_MAX <= 0x9fc00);
+	free(k);
+}
+
+static void test_page_tables_and_entry_state(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	struct cpu_state st;
+	size_t ksize;
+	uint8_t *k = fake_bzimage(4096, &ksize);
+	uint64_t *pml4, *pdpt, *pd, *gdt;
+
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	pml4 = gm_ptr(&c->gm, BOOT_PML4_ADDR, 4096);
+	pdpt = gm_ptr(&c->gm, BOOT_PDPT_ADDR, 4096);
+	pd = gm_ptr(&c->gm, BOOT_PD_ADDR, 4 * 4096);
+	assert_int_equal(pml4[0] & ~0xfffull, BOOT_PDPT_ADDR);
+	assert_int_equal(pml4[0] & 1, 1);
+	/* Walk two addresses through the tables: identity, 2 MiB pages. */
+	for (uint64_t va = 0; va < (4ull << 30); va += 0x3fe00000ull) {
+		uint64_t pdpte = pdpt[(va >> 30) & 511];
+		uint64_t *dir = gm_ptr(&c->gm, pdpte & ~0xfffull, 4096);
+		uint64_t pde = dir[(va >> 21) & 511];
+
+		assert_true(pde & 0x80);
+		assert_int_equal((pde & ~0x1fffffull) | (va & 0x1fffff), va);
+	}
+	assert_int_equal(pd[4 * 512 - 1] & ~0xfffull, (4ull << 30) - (2ull << 20));
+	gdt = gm_ptr(&c->gm, BOOT_GDT_ADDR, 48);
+	/* Selector 0x10: present 64-bit code segment; 0x18: present writable data. */
+	assert_true(gdt[2] & (1ull << 53));
+	assert_true(gdt[2] & (1ull << 47));
+	assert_int_equal((gdt[3] >> 40) & 0x9a, 0x92);
+
+	boot_cpu_state(&bi, &st);
+	assert_int_equal(st.rip, bi.entry);
+	assert_int_equal(st.gpr[6], BOOT_PARAMS_ADDR);
+	assert_int_equal(st.cs.sel, 0x10);
+	assert_int_equal(st.cs.l, 1);
+	assert_int_equal(st.ds.sel, 0x18);
+	assert_int_equal(st.rflags & 0x200, 0); /* interrupts off */
+	assert_true(st.cr0 & 0x80000001);
+	assert_int_equal(st.cr3, BOOT_PML4_ADDR);
+	assert_true(st.cr4 & 0x20);
+	assert_int_equal(st.efer & 0x500, 0x500);
+	free(k);
+}
+
+static void test_rejects_bad_images(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t ksize;
+	uint8_t *k = fake_bzimage(4096, &ksize);
+	char longcmd[3000];
+
+	/* Too short for a header. */
+	assert_int_equal(boot_load_linux(&c->gm, k, 0x200, NULL, 0, "", 0, &bi), -ENOEXEC);
+	/* Old protocol. */
+	put16(k + 0x206, 0x020b);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	put16(k + 0x206, 0x020f);
+	/* Not 64-bit. */
+	put16(k + 0x236, 0);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	put16(k + 0x236, 3);
+	/* Setup sectors beyond the end of the file. */
+	k[0x1f1] = 0xff;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	k[0x1f1] = 4;
+	/* Bad magic. */
+	k[0x202] = 'X';
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	k[0x202] = 'H';
+	/* Command line longer than the kernel takes. */
+	memset(longcmd, 'a', sizeof(longcmd) - 1);
+	longcmd[sizeof(longcmd) - 1] = 0;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, longcmd, 0, &bi), -E2BIG);
+	/* init_size larger than guest memory. */
+	put32(k + 0x260, 0xf0000000);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	put32(k + 0x260, 3 * (uint32_t)MiB);
+	/* A hostile pref_address is ignored in favour of the default. */
+	put64(k + 0x258, 0xfffffffffffff000ull);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_int_equal(bi.kernel_addr, BOOT_KERNEL_DEFAULT_ADDR);
+	free(k);
+}
+
+static void test_initrd_too_big(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t ksize;
+	uint8_t *k = fake_bzimage(4096, &ksize);
+	size_t isize = 126 * MiB;
+	uint8_t *initrd = calloc(1, isize);
+
+	assert_non_null(initrd);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, initrd, isize, "", 0, &bi), -ENOMEM);
+	free(initrd);
+	free(k);
+}
+
+static void test_e820_high_memory(void **state)
+{
+	struct guest_mem gm;
+	struct e820_entry e[8];
+	int n;
+
+	/* 4 GiB of RAM: 3 GiB below the hole, 1 GiB above 4 GiB (sparse memfd: cheap). */
+	assert_int_equal(gm_init(&gm, 4ull << 30), 0);
+	n = boot_e820(&gm, e, 8);
+	assert_int_equal(n, 5);
+	assert_int_equal(e[3].addr + e[3].size, 3ull << 30);
+	assert_int_equal(e[4].addr, 4ull << 30);
+	assert_int_equal(e[4].size, 1ull << 30);
+	assert_int_equal(boot_e820(&gm, e, 3), -ENOSPC);
+	gm_destroy(&gm);
+}
+
+/* The real default guest kernel, when it has been built. */
+static void test_real_kernel(void **state)
+{
+	struct ctx *c = *state;
+	const char *path =
+	    getenv("TERN_TEST_KERNEL") ? getenv("TERN_TEST_KERNEL") : "guest/out/vmlinuz";
+	FILE *f = fopen(path, "rb");
+	struct boot_info bi;
+	uint8_t *k, *bp;
+	long size;
+
+	if (!f) {
+		printf("skipping real-kernel case: %s not built (make guest)\n", path);
+		skip();
+	}
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	size = ftell(f);
+	assert_true(size > 0x1000);
+	rewind(f);
+	k = malloc((size_t)size);
+	assert_non_null(k);
+	assert_int_equal(fread(k, 1, (size_t)size, f), (size_t)size);
+	fclose(f);
+	assert_int_equal(boot_load_linux(&c->gm, k, (size_t)size, NULL, 0, "console=ttyS0", 0, &bi),
+			 0);
+	assert_true(bi.protocol >= 0x020c);
+	assert_true(bi.kernel_addr >= 1 * MiB);
+	assert_true(bi.init_size >= bi.kernel_size);
+	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
+	assert_int_equal(bp[0x210], 0xff);
+	assert_int_equal(bp[0x1e8], 4);
+	free(k);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_synthetic_layout, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_page_tables_and_entry_state, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rejects_bad_images, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_initrd_too_big, setup, teardown),
+	    cmocka_unit_test(test_e820_high_memory),
+	    cmocka_unit_test_setup_teardown(test_real_kernel, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
