@@ -13,7 +13,7 @@
  *   0x60, 0x64  i8042 (reset line only: guest reboot)
  *   0xCF8-0xCFF PCI configuration mechanism #1
  *   0x4F0       exit device: a byte written here is the guest command's exit status
- *   0x600-0x60F ACPI hardware-reduced sleep control/status (poweroff)
+ *   0x600-0x60F ACPI hardware-reduced sleep control/status (poweroff), 0x602 reset
  */
 #ifndef TERN_ARCH_X86_LAYOUT_H
 #define TERN_ARCH_X86_LAYOUT_H
@@ -31,6 +31,10 @@
 #define TERN_EXIT_PORT 0x4F0
 #define ACPI_SLEEP_CTL_PORT 0x600
 #define ACPI_SLEEP_STS_PORT 0x601
+#define ACPI_RESET_PORT 0x602
+
+/* PCI INTx wiring (ACPI _PRT): slot s, pin p (0 = INTA) -> one of GSIs 16..23. */
+#define PCI_INTX_GSI(slot, pin) (16u + (((unsigned)(slot) + (unsigned)(pin)) & 7u))
 
 /* IOAPIC pins; GSIs 16-23 are free for devices that cannot use MSI. */
 #define IOAPIC_NUM_PINS 24
