@@ -1,0 +1,191 @@
+/*
+ * KVM backend, CPUID: what the host's KVM supports (KVM_GET_SUPPORTED_CPUID),
+ * with the topology leaves rewritten so every vCPU reports the same single
+ * package of ncpus cores, one thread each, and its own APIC ID. Left as
+ * KVM reports them, they describe the host (e.g. its thread count), and a
+ * Linux guest then builds a topology that does not match its vCPUs.
+ */
+#include "cpu/kvm/kvm_priv.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "util/log.h"
+
+/* Room for the topology subleaves added per vCPU. */
+#define KVM_CPUID_EXTRA 8
+
+int kvm_cpuid_load(struct kvm_vm_priv *kv)
+{
+	for (uint32_t n = 64; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
+
+		if (!c)
+			return -ENOMEM;
+		c->nent = n;
+		if (ioctl(kv->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			kv->cpuid = c;
+			return 0;
+		}
+		free(c);
+		if (errno != E2BIG) {
+			pr_err("kvm: KVM_GET_SUPPORTED_CPUID failed: %s", strerror(errno));
+			return -errno;
+		}
+	}
+	return -E2BIG;
+}
+
+/* Bits needed to number n things (APIC ID field width). */
+static uint32_t id_bits(uint32_t n)
+{
+	uint32_t b = 0;
+
+	while ((1u << b) < n)
+		b++;
+	return b;
+}
+
+struct topo {
+	uint32_t ncpus, apic_id, core_bits;
+	bool intel, amd;
+};
+
+static void fix_leaf1(struct kvm_cpuid_entry2 *e, const struct topo *t)
+{
+	uint32_t count = 1u << t->core_bits;
+
+	e->ebx &= 0x0000ffff;
+	e->ebx |= (t->apic_id & 0xff) << 24;
+	e->ebx |= (count > 255 ? 255 : count) << 16;
+	if (t->ncpus > 1)
+		e->edx |= 1u << 28; /* HTT: the count field above is valid */
+	else
+		e->edx &= ~(1u << 28);
+}
+
+/* Deterministic cache parameters (Intel leaf 4, AMD 0x8000001D): who shares each cache. */
+static void fix_cache_leaf(struct kvm_cpuid_entry2 *e, const struct topo *t, bool intel4)
+{
+	uint32_t level = (e->eax >> 5) & 7;
+	uint32_t sharing = level >= 3 ? (1u << t->core_bits) - 1 : 0;
+
+	if ((e->eax & 0x1f) == 0) /* no cache at this subleaf */
+		return;
+	e->eax &= ~(0xfffu << 14);
+	e->eax |= (sharing & 0xfff) << 14;
+	if (intel4) {
+		e->eax &= 0x03ffffff;
+		e->eax |= (((1u << t->core_bits) - 1) & 0x3f) << 26;
+	}
+}
+
+/* Extended topology (0xB, 0x1F): level 0 SMT (1 thread), level 1 core (ncpus), then end. */
+static void fill_ext_topo(struct kvm_cpuid_entry2 *e, uint32_t fn, uint32_t idx,
+			  const struct topo *t)
+{
+	memset(e, 0, sizeof(*e));
+	e->function = fn;
+	e->index = idx;
+	e->flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+	e->edx = t->apic_id;
+	e->ecx = idx & 0xff;
+	if (idx == 0) {
+		e->eax = 0;
+		e->ebx = 1;
+		e->ecx |= 1u << 8;
+	} else if (idx == 1) {
+		e->eax = t->core_bits;
+		e->ebx = t->ncpus;
+		e->ecx |= 2u << 8;
+	}
+}
+
+static void fix_amd_leaves(struct kvm_cpuid_entry2 *e, const struct topo *t)
+{
+	if (e->function == 0x80000008) {
+		e->ecx &= ~0xf0ffu;
+		e->ecx |= (t->ncpus - 1) & 0xff;
+		e->ecx |= (t->core_bits & 0xf) << 12;
+	} else if (e->function == 0x8000001e) {
+		e->eax = t->apic_id;
+		e->ebx = t->apic_id & 0xff; /* core id; one thread per core */
+		e->ecx = 0;		    /* node 0, one node */
+	} else if (e->function == 0x80000001 && t->ncpus > 1) {
+		e->ecx |= 1u << 1; /* CmpLegacy: HTT means cores, not threads */
+	}
+}
+
+/*
+ * Build this vCPU's table: drop the host's 0xB/0x1F subleaves, append ours,
+ * patch the others in place.
+ */
+static uint32_t build_cpuid(struct kvm_cpuid2 *out, const struct kvm_cpuid2 *in,
+			    const struct topo *t)
+{
+	bool has_b = false, has_1f = false;
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < in->nent; i++) {
+		struct kvm_cpuid_entry2 e = in->entries[i];
+
+		if (e.function == 0xb || e.function == 0x1f) {
+			has_b |= e.function == 0xb;
+			has_1f |= e.function == 0x1f;
+			continue;
+		}
+		if (e.function == 1)
+			fix_leaf1(&e, t);
+		else if (e.function == 4 && t->intel)
+			fix_cache_leaf(&e, t, true);
+		else if (e.function == 0x8000001d && t->amd)
+			fix_cache_leaf(&e, t, false);
+		else if (t->amd)
+			fix_amd_leaves(&e, t);
+		out->entries[n++] = e;
+	}
+	for (uint32_t idx = 0; idx < 3; idx++) {
+		if (has_b)
+			fill_ext_topo(&out->entries[n++], 0xb, idx, t);
+		if (has_1f)
+			fill_ext_topo(&out->entries[n++], 0x1f, idx, t);
+	}
+	return n;
+}
+
+static void vendor_of(const struct kvm_cpuid2 *c, struct topo *t)
+{
+	for (uint32_t i = 0; i < c->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &c->entries[i];
+
+		if (e->function != 0)
+			continue;
+		/* "GenuineIntel" / "AuthenticAMD" (and Hygon, which follows AMD): EBX is enough. */
+		t->intel = e->ebx == 0x756e6547;
+		t->amd = e->ebx == 0x68747541 || e->ebx == 0x6f677948;
+	}
+}
+
+int kvm_cpuid_set(struct vcpu *vcpu)
+{
+	struct kvm_vm_priv *kv = kvm_vm(vcpu->vm);
+	struct topo t = {
+	    .ncpus = vcpu->vm->ncpus > 0 ? (uint32_t)vcpu->vm->ncpus : 1,
+	    .apic_id = (uint32_t)vcpu->id,
+	};
+	struct kvm_cpuid2 *c;
+	int rc;
+
+	t.core_bits = id_bits(t.ncpus);
+	vendor_of(kv->cpuid, &t);
+	c = calloc(1, sizeof(*c) +
+			  (kv->cpuid->nent + KVM_CPUID_EXTRA) * sizeof(struct kvm_cpuid_entry2));
+	if (!c)
+		return -ENOMEM;
+	c->nent = build_cpuid(c, kv->cpuid, &t);
+	rc = KVM_IOCTL(kvm_vcpu(vcpu)->fd, KVM_SET_CPUID2, c);
+	free(c);
+	return rc < 0 ? rc : 0;
+}
