@@ -16,8 +16,11 @@
 
 static char *make_file(size_t size)
 {
-	char *path = strdup("/tmp/tern-raw-XXXXXX");
-	int fd = mkstemp(path);
+	char *path = NULL;
+	int fd;
+
+	assert_true(asprintf(&path, "%s/tern-raw-XXXXXX", P_tmpdir) > 0);
+	fd = mkstemp(path);
 
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, (off_t)size), 0);
