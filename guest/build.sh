@@ -3,7 +3,7 @@
 #   guest/out/vmlinuz  Debian's cloud kernel (unsigned image of the package
 #                      linux-image-cloud-amd64 depends on)
 #   guest/out/initrd   newc cpio: busybox-static, the virtio modules in load
-#                      order, /init (guest/init) and tern-exit
+#                      order, /init (guest/init), tern-exit and tern-spin
 # Downloaded .debs stay in guest/cache/, so a rebuild needs no network.
 # Quiet and quick when guest/out is already newer than every input.
 #
@@ -39,7 +39,7 @@ as_root() {
 
 inputs_newer_than() {
 	local f
-	for f in "$here/build.sh" "$here/init" "$here/tern-exit.c" \
+	for f in "$here/build.sh" "$here/init" "$here"/*.c "$here"/*.h \
 		"$top/src/arch/x86/layout.h" "$cache"/*.deb; do
 		[ -e "$f" ] && [ "$f" -nt "$1" ] && return 0
 	done
@@ -156,6 +156,14 @@ console_archive() {
 	newc_entry TRAILER!!! 0 0 0 0
 }
 
+# The guest's own static helpers (see rt.h): freestanding, a few KiB.
+build_helper() {
+	cc -std=c11 -Wall -Wextra -Werror -Os -I"$top/src" -static -nostdlib \
+		-ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables \
+		-fno-pie -no-pie -s -Wl,--build-id=none -Wl,-z,noseparate-code \
+		-o "$2/$1" "$here/$1.c"
+}
+
 compress_cmd() {
 	case $compress in
 	none) cat ;;
@@ -187,10 +195,8 @@ build() {
 		[ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 	done
 	install -m 0755 "$here/init" "$root/init"
-	cc -std=c11 -Wall -Wextra -Werror -Os -I"$top/src" -static -nostdlib \
-		-ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables \
-		-fno-pie -no-pie -s -Wl,--build-id=none -Wl,-z,noseparate-code \
-		-o "$root/bin/tern-exit" "$here/tern-exit.c"
+	build_helper tern-exit "$root/bin"
+	build_helper tern-spin "$root/bin"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"
 
@@ -223,7 +229,7 @@ up_to_date && exit 0
 case $compress in none | gzip | lz4) ;; *) die "TERN_GUEST_COMPRESS must be none, gzip or lz4" ;; esac
 work=
 trap '[ -z "$work" ] || rm -rf "$work"' EXIT
-need_tools $([ "$compress" = lz4 ] && echo lz4)
+if [ "$compress" = lz4 ]; then need_tools lz4; else need_tools; fi
 fetch_debs
 build
 echo "guest/build.sh: built guest/out (kernel $(cat "$out/kernel-version"), initrd $(du -h "$out/initrd" | cut -f1), compress=$compress)"

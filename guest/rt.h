@@ -1,0 +1,74 @@
+/*
+ * A few lines of runtime for tern's freestanding guest helpers (tern-exit,
+ * tern-spin): raw x86-64 Linux syscalls and a _start that calls
+ * guest_main(argc, argv). No libc, so building the guest needs only a C
+ * compiler, not a static C library. Guest-side only; never linked into tern.
+ */
+#ifndef TERN_GUEST_RT_H
+#define TERN_GUEST_RT_H
+
+#define SYS_WRITE 1
+#define SYS_IOPERM 173
+#define SYS_EXIT 60
+
+static inline long syscall3(long nr, long a, long b, long c)
+{
+	long ret;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline unsigned long str_len(const char *s)
+{
+	unsigned long n = 0;
+
+	while (s[n])
+		n++;
+	return n;
+}
+
+static inline void put_fd(int fd, const char *s)
+{
+	syscall3(SYS_WRITE, fd, (long)s, (long)str_len(s));
+}
+
+/* Strict decimal up to max: a typo must not turn into a plausible value. */
+static inline int parse_ulong(const char *s, unsigned long max, unsigned long *out)
+{
+	unsigned long v = 0;
+
+	if (!*s)
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		if (v > (max - (unsigned long)(*s - '0')) / 10)
+			return -1;
+		v = v * 10 + (unsigned long)(*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+int guest_main(long argc, char **argv);
+
+/* Called from _start with the initial stack: argc, then argv. */
+__attribute__((used, noreturn)) void rt_start(long *sp)
+{
+	syscall3(SYS_EXIT, guest_main(sp[0], (char **)(sp + 1)), 0, 0);
+	__builtin_unreachable();
+}
+
+__asm__(".globl _start\n"
+	"_start:\n"
+	"	xor %ebp, %ebp\n"
+	"	mov %rsp, %rdi\n"
+	"	and $-16, %rsp\n"
+	"	call rt_start\n"
+	"	hlt\n");
+
+#endif
