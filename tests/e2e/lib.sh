@@ -13,6 +13,7 @@
 #                        (-M pc, TCG; port 0x4F0 is QEMU's isa-debug-exit).
 #                        This checks the guest and the tests' own logic;
 #                        tern-only checks skip.
+# shellcheck shell=bash
 set -u
 
 E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -146,8 +147,9 @@ expect_rc() {
 # cached next to the binary so a failing tree costs one probe, not one per
 # test.
 e2e_require_boot() {
-	[ -s "$E2E_KERNEL" ] && [ -s "$E2E_INITRD" ] ||
+	if [ ! -s "$E2E_KERNEL" ] || [ ! -s "$E2E_INITRD" ]; then
 		skip "no default guest (run 'make guest')"
+	fi
 	if [ "$E2E_VMM" = qemu ]; then
 		command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64"
 		return 0

@@ -20,7 +20,7 @@ bad_run() {
 	check "$what: tern run $* -> one-line error, non-zero exit"
 	timeout -k 2 20 "$TERN" run "$@" </dev/null >"$out" 2>"$err"
 	rc=$?
-	[ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || fail "$what: tern did not give up within 20 s"
+	case $rc in 124 | 137) fail "$what: tern did not give up within 20 s" ;; esac
 	[ "$rc" -ne 0 ] || fail "$what: exit status 0"
 	lines=$(grep -c . "$err")
 	[ "$lines" -eq 1 ] || { cat "$err"; fail "$what: $lines lines on stderr, expected 1"; }
