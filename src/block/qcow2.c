@@ -50,6 +50,7 @@
 #define OFLAG_ZERO 1ull
 #define OFFSET_MASK 0x00fffffffffffe00ull
 #define RT_OFFSET_MASK 0xfffffffffffffe00ull
+#define L2_STD_RESERVED 0x3f000000000001feull
 
 /* Limits against hostile headers (same order of magnitude as other tools). */
 #define MAX_L1_BYTES (32u << 20)
@@ -757,9 +758,12 @@ static enum ctype classify(const struct qcow2_dev *q, uint64_t e)
 	return (e & OFFSET_MASK) ? C_DATA : C_UNALLOC;
 }
 
-static int check_data_off(struct qcow2_dev *q, uint64_t host)
+static int check_data_off(struct qcow2_dev *q, uint64_t e)
 {
-	if ((host & (q->cs - 1)) || host >= q->file_end || overlaps_fixed_meta(q, host, q->cs))
+	uint64_t host = e & OFFSET_MASK;
+
+	if ((e & L2_STD_RESERVED) || (host & (q->cs - 1)) || host >= q->file_end ||
+	    overlaps_fixed_meta(q, host, q->cs))
 		return corrupt(q, "data cluster misaligned, outside the file or over metadata",
 			       host);
 	return 0;
@@ -903,7 +907,7 @@ static int read_piece(struct qcow2_dev *q, uint64_t e, uint64_t voff, uint64_t p
 
 	switch (classify(q, e)) {
 	case C_DATA:
-		r = check_data_off(q, e & OFFSET_MASK);
+		r = check_data_off(q, e);
 		return r < 0 ? r
 			     : run_add(q, rn, (e & OFFSET_MASK) + in, pos, n, iov, iovcnt, tmp,
 				       false);
@@ -1072,7 +1076,7 @@ static int qcow2_do_write(struct qcow2_dev *q, const struct iovec *iov, int iovc
 		if (t)
 			e = be64toh(t[l2_index(q, voff)]);
 		if (classify(q, e) == C_DATA && (e & OFLAG_COPIED)) {
-			r = check_data_off(q, e & OFFSET_MASK);
+			r = check_data_off(q, e);
 			if (r == 0)
 				r = run_add(q, &rn, (e & OFFSET_MASK) + in, pos, n, iov, iovcnt,
 					    tmp, true);
@@ -1271,7 +1275,7 @@ static int bad(const char *path, const char *why)
 
 static int hdr_check_basic(const char *path, const struct qhdr *h, uint64_t fsize)
 {
-	uint64_t cs = 1ull << h->cluster_bits;
+	uint64_t cs;
 
 	if (h->magic != QCOW2_MAGIC)
 		return bad(path, "bad magic");
@@ -1281,6 +1285,7 @@ static int hdr_check_basic(const char *path, const struct qhdr *h, uint64_t fsiz
 	}
 	if (h->cluster_bits < 9 || h->cluster_bits > 21)
 		return bad(path, "cluster_bits out of range (9..21)");
+	cs = 1ull << h->cluster_bits;
 	if (h->version >= 3 && (h->header_len < HDR_V3_LEN || h->header_len > cs))
 		return bad(path, "header length out of range");
 	if (h->header_len % 8 && h->version >= 3)
