@@ -1555,7 +1555,7 @@ int qcow2_open(const char *path, bool readonly, int depth, struct blockdev **out
 {
 	struct qcow2_dev *q = calloc(1, sizeof(*q));
 	uint8_t *hc = NULL;
-	struct qhdr h;
+	struct qhdr h = {0};
 	int r;
 
 	if (!q)
