@@ -395,9 +395,8 @@ static int serial_restore(void *opaque, const void *data, uint64_t len)
 	s->rx_head = 0;
 	s->rx_count = n;
 	s->r.lsr = (uint8_t)((s->r.lsr & ~LSR_DR) | (n ? LSR_DR : 0) | LSR_THRE | LSR_TEMT);
-	/* Re-assert the line as the registers say; the irqchip's own state is restored elsewhere.
-	 */
-	s->irq_level = p[1 + sizeof(s->r)] ? 1 : 0;
+	/* Drive the line as the registers say, whatever it was before (-1: unknown). */
+	s->irq_level = -1;
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
