@@ -22,8 +22,8 @@ struct emu_cpu;
 struct emu_vm;
 struct emu_insn;
 
-#define EMU_CRYSTAL_HZ 25000000ull		/* APIC timer input clock */
-#define EMU_TSC_RATIO 40u			/* TSC = crystal * 40 */
+#define EMU_CRYSTAL_HZ 25000000ull		    /* APIC timer input clock */
+#define EMU_TSC_RATIO 40u			    /* TSC = crystal * 40 */
 #define EMU_TSC_HZ (EMU_CRYSTAL_HZ * EMU_TSC_RATIO) /* 1 GHz: one TSC tick per ns */
 
 /* Local APIC (apic.c). Fields marked [L] are under lock; the rest are vCPU-thread only. */
@@ -52,6 +52,8 @@ struct emu_sys_cpu {
 	uint64_t mtrr_def_type, mtrr_fixed[11], mtrr_var[16];
 	bool halted;
 	bool intr_shadow;     /* STI / MOV SS shadow: no interrupt before next insn */
+	uint64_t shadow_rip;  /* ... which is the one at this address */
+	bool nmi_pending;     /* an NMI arrived while blocked */
 	bool wait_sipi;	      /* AP after INIT: waits for a STARTUP IPI */
 	bool nmi_blocked;     /* an NMI handler runs until IRET */
 	bool shutdown;	      /* triple fault: run() returns VCPU_EXIT_SHUTDOWN */
@@ -68,7 +70,7 @@ struct emu_ioapic {
 };
 
 struct emu_sys_vm {
-	pthread_mutex_t lock; /* IOAPIC */
+	pthread_mutex_t lock; /* IOAPIC; set up by emu_vm_init() */
 	struct emu_ioapic ioapic;
 	uint64_t time_base; /* host ns at TSC 0 */
 };
@@ -83,36 +85,13 @@ void emu_sys_vm_destroy(struct emu_vm *ev);
 int emu_sys_cpu_init(struct emu_cpu *c);
 void emu_sys_cpu_destroy(struct emu_cpu *c);
 
-/* Run-loop hooks (sys.c), called by exec.c. */
 /*
- * Deliver the exception recorded by emu_raise() (c->fault_vec/c->fault_err at
- * c->rip) through the IDT, escalating to #DF and to shutdown. Itself may
- * emu_raise() (a fault while delivering): call it inside the run loop's
- * setjmp so that lands back here. Afterwards c->sys.pending_irq is set if
- * emu_check_events() must run before the next instruction (shutdown).
+ * The core calls emu_deliver_fault(), emu_check_events() and emu_load_seg()
+ * (emu.h) and asks emu_sys_handler() for far JMP/CALL/RET (EMU_MN_FAR) and
+ * MOV CRn/DRn (EMU_MN_CRDR). sys.c sets c->sys.pending_irq whenever
+ * emu_check_events() must run before the next instruction (shutdown after
+ * a triple fault, STI, a posted interrupt).
  */
-void emu_deliver_fault(struct emu_cpu *c);
-/*
- * At block boundaries when c->sys.pending_irq, kick or halted is set, and
- * every few thousand blocks for timers: fires due APIC timers, delivers a
- * pending interrupt (may emu_raise() while pushing the frame), sleeps while
- * halted. True with *exit set when run() must return.
- */
-bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit);
-
-/*
- * Handlers for instructions that share a Zydis mnemonic with integer ones,
- * for decode.c to pick by operand or branch type:
- *   MOV to/from CRn (op reg EMU_R_CR0..) and DRn, MOV to/from Sreg,
- *   POP Sreg, far JMP / CALL (EMU_OP_PTR or m16:xx) and far RET.
- */
-void emu_sys_mov_cr(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_mov_dr(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_mov_seg(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_pop_seg(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_far_jmp(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_far_call(struct emu_cpu *c, const struct emu_insn *i);
-void emu_sys_far_ret(struct emu_cpu *c, const struct emu_insn *i);
 
 /* Time (sys_msr.c). */
 uint64_t emu_now_ns(void);
@@ -127,9 +106,17 @@ int emu_ioapic_set_irq(struct emu_vm *ev, uint32_t gsi, int level);
 int emu_msi(struct emu_vm *ev, uint64_t addr, uint32_t data);
 /* Make emu_check_events() return VCPU_EXIT_KICK soon, from any thread. */
 void emu_kick(struct emu_cpu *c);
-/* vCPU thread: fire due timers; the highest deliverable vector (moved to ISR) or -1. */
+/* vCPU thread: fire due timers; ack: the highest deliverable vector (moved to ISR) or -1. */
 void emu_apic_timers(struct emu_cpu *c, uint64_t now);
 int emu_apic_ack(struct emu_cpu *c);
+/* True if a fixed interrupt would be accepted now (above PPR). */
+bool emu_apic_has_irq(struct emu_cpu *c);
+/* Pending NMI / INIT / SIPI, taken (cleared) by the vCPU thread. */
+enum { EMU_EV_NMI = 1, EMU_EV_INIT = 2, EMU_EV_SIPI = 4 };
+unsigned emu_apic_take_events(struct emu_cpu *c, uint8_t *sipi_vector);
+/* IA32_TSC_DEADLINE. */
+void emu_apic_set_deadline(struct emu_cpu *c, uint64_t tsc);
+uint64_t emu_apic_get_deadline(struct emu_cpu *c);
 /* Host ns of the next timer expiry, 0 if none. */
 uint64_t emu_apic_next_due(struct emu_cpu *c);
 uint32_t emu_apic_read_reg(struct emu_cpu *c, uint32_t off);

@@ -1,0 +1,379 @@
+/*
+ * MSRs, CPUID and time.
+ *
+ * CPUID advertises exactly what the emulator implements. The vendor is
+ * GenuineIntel so that Linux takes the TSC and APIC timer frequencies from
+ * leaves 0x15/0x16 instead of calibrating against a PIT we do not have, and
+ * ARAT + TSC-deadline so it needs no PIT or HPET at all.
+ * MSRs the emulator does not know raise #GP, as on hardware: Linux probes
+ * optional ones with rdmsr_safe().
+ */
+#include <string.h>
+#include <time.h>
+
+#include "cpu/emu/sys_int.h"
+
+uint64_t emu_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* EMU_TSC_HZ is 1 GHz, so the TSC is nanoseconds since VM creation plus the guest's offset. */
+uint64_t emu_rdtsc(struct emu_cpu *c)
+{
+	return emu_now_ns() - c->vm->sys.time_base + (uint64_t)c->sys.tsc_offset;
+}
+
+/* ---- CPUID ---- */
+
+#define FAMILY 6
+#define MODEL 0x6a /* a server core with few model quirks in Linux */
+#define STEPPING 6
+
+/* Leaf 1 EDX: FPU PSE TSC MSR PAE CX8 APIC MTRR PGE CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2. */
+#define F1_EDX                                                                                     \
+	((1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |       \
+	 (1u << 12) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 17) | (1u << 19) |             \
+	 (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26))
+/* Leaf 1 ECX: CX16, POPCNT, TSC-deadline, hypervisor. */
+#define F1_ECX ((1u << 13) | (1u << 23) | (1u << 24) | (1u << 31))
+/* Leaf 7 EDX: IA32_ARCH_CAPABILITIES. */
+#define F7_EDX (1u << 29)
+/* 0x80000001 ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, RDTSCP, LM. */
+#define F81_ECX (1u << 0)
+#define F81_EDX ((1u << 11) | (1u << 20) | (1u << 27) | (1u << 29))
+
+/*
+ * Not vulnerable to what Linux would otherwise mitigate at great cost in an
+ * emulator (page-table isolation, buffer clearing with VERW): there is no
+ * speculation here.  RDCL_NO, SKIP_L1DFL_VMENTRY, SSB_NO, MDS_NO,
+ * PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO,
+ * PBRSB_NO, GDS_NO, RFDS_NO.
+ */
+#define ARCH_CAPS                                                                                  \
+	((1ull << 0) | (1ull << 3) | (1ull << 4) | (1ull << 5) | (1ull << 6) | (1ull << 8) |       \
+	 (1ull << 13) | (1ull << 14) | (1ull << 15) | (1ull << 20) | (1ull << 24) | (1ull << 26) | \
+	 (1ull << 27))
+
+static void put_str(uint32_t out[4], const char *s)
+{
+	memcpy(out, s, 16);
+}
+
+void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
+{
+	static const char brand[48] = "tern virtual CPU @ 1.00GHz";
+
+	memset(out, 0, 16);
+	switch (leaf) {
+	case 0:
+		out[0] = 0x16;
+		memcpy(&out[1], "Genu", 4);
+		memcpy(&out[3], "ineI", 4);
+		memcpy(&out[2], "ntel", 4);
+		break;
+	case 1:
+		out[0] = STEPPING | (MODEL & 0xf) << 4 | FAMILY << 8 | (MODEL >> 4) << 16;
+		/* CLFLUSH line 8 qwords; one logical CPU per package; APIC id. */
+		out[1] = 8u << 8 | 1u << 16 | (c->sys.apic.id & 0xff) << 24;
+		out[2] = F1_ECX;
+		out[3] = F1_EDX;
+		break;
+	case 6:
+		out[0] = 1u << 2; /* ARAT: the APIC timer keeps running in idle */
+		break;
+	case 7:
+		if (sub == 0)
+			out[3] = F7_EDX;
+		break;
+	case 0x15:
+		out[0] = 1;
+		out[1] = EMU_TSC_RATIO;
+		out[2] = (uint32_t)EMU_CRYSTAL_HZ;
+		break;
+	case 0x16:
+		out[0] = (uint32_t)(EMU_TSC_HZ / 1000000);
+		out[1] = out[0];
+		out[2] = 100;
+		break;
+	case 0x80000000:
+		out[0] = 0x80000008;
+		break;
+	case 0x80000001:
+		out[2] = F81_ECX;
+		out[3] = F81_EDX;
+		break;
+	case 0x80000002:
+	case 0x80000003:
+	case 0x80000004:
+		put_str(out, brand + (leaf - 0x80000002) * 16);
+		break;
+	case 0x80000007:
+		out[3] = 1u << 8; /* invariant TSC */
+		break;
+	case 0x80000008:
+		out[0] = 48u << 8 | 40u; /* 48-bit linear, 40-bit physical */
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- MSRs ---- */
+
+enum {
+	MSR_TSC = 0x10,
+	MSR_PLATFORM_ID = 0x17,
+	MSR_APIC_BASE = 0x1b,
+	MSR_FEATURE_CONTROL = 0x3a,
+	MSR_SPEC_CTRL = 0x48,
+	MSR_PRED_CMD = 0x49,
+	MSR_UCODE_REV = 0x8b,
+	MSR_MTRRCAP = 0xfe,
+	MSR_ARCH_CAPABILITIES = 0x10a,
+	MSR_SYSENTER_CS = 0x174,
+	MSR_SYSENTER_ESP = 0x175,
+	MSR_SYSENTER_EIP = 0x176,
+	MSR_MISC_ENABLE = 0x1a0,
+	MSR_DEBUGCTL = 0x1d9,
+	MSR_MTRR_VAR = 0x200, /* 0x200..0x20f: base/mask pairs */
+	MSR_MTRR_FIX64K = 0x250,
+	MSR_MTRR_FIX16K = 0x258, /* and 0x259 */
+	MSR_MTRR_FIX4K = 0x268,	 /* ..0x26f */
+	MSR_PAT = 0x277,
+	MSR_MTRR_DEF_TYPE = 0x2ff,
+	MSR_TSC_DEADLINE = 0x6e0,
+	MSR_EFER = 0xc0000080,
+	MSR_STAR = 0xc0000081,
+	MSR_LSTAR = 0xc0000082,
+	MSR_CSTAR = 0xc0000083,
+	MSR_SFMASK = 0xc0000084,
+	MSR_FS_BASE = 0xc0000100,
+	MSR_GS_BASE = 0xc0000101,
+	MSR_KERNEL_GS_BASE = 0xc0000102,
+	MSR_TSC_AUX = 0xc0000103,
+};
+
+/* Index into mtrr_fixed[] of a fixed-range MTRR, or -1. */
+static int mtrr_fixed_index(uint32_t idx)
+{
+	if (idx == MSR_MTRR_FIX64K)
+		return 0;
+	if (idx == MSR_MTRR_FIX16K || idx == MSR_MTRR_FIX16K + 1)
+		return 1 + (int)(idx - MSR_MTRR_FIX16K);
+	if (idx >= MSR_MTRR_FIX4K && idx < MSR_MTRR_FIX4K + 8)
+		return 3 + (int)(idx - MSR_MTRR_FIX4K);
+	return -1;
+}
+
+bool emu_msr_read(struct emu_cpu *c, uint32_t idx, uint64_t *v)
+{
+	struct emu_sys_cpu *s = &c->sys;
+	int fx = mtrr_fixed_index(idx);
+
+	if (fx >= 0) {
+		*v = s->mtrr_fixed[fx];
+		return true;
+	}
+	if (idx >= MSR_MTRR_VAR && idx < MSR_MTRR_VAR + 16) {
+		*v = s->mtrr_var[idx - MSR_MTRR_VAR];
+		return true;
+	}
+	switch (idx) {
+	case MSR_TSC:
+		*v = emu_rdtsc(c);
+		break;
+	case MSR_PLATFORM_ID:
+	case MSR_UCODE_REV:
+	case MSR_DEBUGCTL:
+		*v = 0;
+		break;
+	case MSR_APIC_BASE:
+		*v = s->apic_base;
+		break;
+	case MSR_FEATURE_CONTROL:
+		*v = 1; /* locked, VMX off */
+		break;
+	case MSR_SPEC_CTRL:
+		*v = s->spec_ctrl;
+		break;
+	case MSR_MTRRCAP:
+		*v = 8 | 1u << 8 | 1u << 10; /* 8 variable ranges, fixed ranges, WC */
+		break;
+	case MSR_ARCH_CAPABILITIES:
+		*v = ARCH_CAPS;
+		break;
+	case MSR_SYSENTER_CS:
+		*v = s->sysenter_cs;
+		break;
+	case MSR_SYSENTER_ESP:
+		*v = s->sysenter_esp;
+		break;
+	case MSR_SYSENTER_EIP:
+		*v = s->sysenter_eip;
+		break;
+	case MSR_MISC_ENABLE:
+		*v = s->misc_enable;
+		break;
+	case MSR_PAT:
+		*v = s->pat;
+		break;
+	case MSR_MTRR_DEF_TYPE:
+		*v = s->mtrr_def_type;
+		break;
+	case MSR_TSC_DEADLINE:
+		*v = emu_apic_get_deadline(c);
+		break;
+	case MSR_EFER:
+		*v = c->efer;
+		break;
+	case MSR_STAR:
+		*v = s->star;
+		break;
+	case MSR_LSTAR:
+		*v = s->lstar;
+		break;
+	case MSR_CSTAR:
+		*v = s->cstar;
+		break;
+	case MSR_SFMASK:
+		*v = s->sfmask;
+		break;
+	case MSR_FS_BASE:
+		*v = c->seg[SEG_FS].base;
+		break;
+	case MSR_GS_BASE:
+		*v = c->seg[SEG_GS].base;
+		break;
+	case MSR_KERNEL_GS_BASE:
+		*v = s->kernel_gs_base;
+		break;
+	case MSR_TSC_AUX:
+		*v = s->tsc_aux;
+		break;
+	default:
+		return false;
+	}
+	return true;
+}
+
+static bool write_efer(struct emu_cpu *c, uint64_t v)
+{
+	const uint64_t ok = X_EFER_SCE | X_EFER_LME | X_EFER_LMA | X_EFER_NXE;
+	uint64_t old = c->efer;
+
+	if (v & ~ok)
+		return false;
+	/* LME cannot change while paging is on; LMA is the CPU's to set. */
+	if ((c->cr0 & X_CR0_PG) && ((v ^ old) & X_EFER_LME))
+		return false;
+	c->efer = (v & ~X_EFER_LMA) | (old & X_EFER_LMA);
+	if ((v ^ old) & X_EFER_NXE)
+		emu_tlb_flush(c, true);
+	return true;
+}
+
+/* PAT and MTRR memory types: 0 UC, 1 WC, 4 WT, 5 WP, 6 WB, 7 UC- (PAT only). */
+static bool valid_pat(uint64_t v)
+{
+	for (int n = 0; n < 8; n++) {
+		unsigned t = (v >> (n * 8)) & 0xff;
+
+		if (t > 7 || t == 2 || t == 3)
+			return false;
+	}
+	return true;
+}
+
+bool emu_msr_write(struct emu_cpu *c, uint32_t idx, uint64_t v)
+{
+	struct emu_sys_cpu *s = &c->sys;
+	int fx = mtrr_fixed_index(idx);
+
+	if (fx >= 0) {
+		s->mtrr_fixed[fx] = v;
+		return true;
+	}
+	if (idx >= MSR_MTRR_VAR && idx < MSR_MTRR_VAR + 16) {
+		s->mtrr_var[idx - MSR_MTRR_VAR] = v;
+		return true;
+	}
+	switch (idx) {
+	case MSR_TSC:
+		s->tsc_offset = (int64_t)(v - (emu_now_ns() - c->vm->sys.time_base));
+		/* A moved TSC moves the deadline's host time. */
+		emu_apic_set_deadline(c, emu_apic_get_deadline(c));
+		return true;
+	case MSR_APIC_BASE:
+		/* No x2APIC (bit 10); keep the BSP flag; the base must stay page aligned. */
+		if (v & ((1ull << 10) | 0x6ff | ~0xffffffffffull))
+			return false;
+		s->apic_base = (v & ~(1ull << 8)) | (s->apic_base & (1ull << 8));
+		return true;
+	case MSR_FEATURE_CONTROL:
+	case MSR_UCODE_REV:
+	case MSR_PRED_CMD:
+	case MSR_DEBUGCTL:
+		return true;
+	case MSR_SPEC_CTRL:
+		s->spec_ctrl = v & 7;
+		return true;
+	case MSR_SYSENTER_CS:
+		s->sysenter_cs = v & 0xffff;
+		return true;
+	case MSR_SYSENTER_ESP:
+		s->sysenter_esp = v;
+		return true;
+	case MSR_SYSENTER_EIP:
+		s->sysenter_eip = v;
+		return true;
+	case MSR_MISC_ENABLE:
+		s->misc_enable = v;
+		return true;
+	case MSR_PAT:
+		if (!valid_pat(v))
+			return false;
+		s->pat = v;
+		return true;
+	case MSR_MTRR_DEF_TYPE:
+		s->mtrr_def_type = v & 0xcff;
+		return true;
+	case MSR_TSC_DEADLINE:
+		emu_apic_set_deadline(c, v);
+		return true;
+	case MSR_EFER:
+		return write_efer(c, v);
+	case MSR_STAR:
+		s->star = v;
+		return true;
+	case MSR_LSTAR:
+	case MSR_CSTAR:
+	case MSR_FS_BASE:
+	case MSR_GS_BASE:
+	case MSR_KERNEL_GS_BASE:
+		if (!sys_canonical(v))
+			return false;
+		if (idx == MSR_LSTAR)
+			s->lstar = v;
+		else if (idx == MSR_CSTAR)
+			s->cstar = v;
+		else if (idx == MSR_FS_BASE)
+			c->seg[SEG_FS].base = v;
+		else if (idx == MSR_GS_BASE)
+			c->seg[SEG_GS].base = v;
+		else
+			s->kernel_gs_base = v;
+		return true;
+	case MSR_SFMASK:
+		s->sfmask = v & 0xffffffffull;
+		return true;
+	case MSR_TSC_AUX:
+		s->tsc_aux = v & 0xffffffffull;
+		return true;
+	default:
+		return false;
+	}
+}
