@@ -35,6 +35,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "arch/x86/layout.h"
+
 struct vm;
 struct pci_dev;
 
