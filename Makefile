@@ -82,3 +82,15 @@ clean:
 	rm -rf $(B) $(BA)
 
 -include $(shell find $(B) $(BA) -name '*.d' 2>/dev/null)
+
+# libFuzzer harness for qcow2 parsing (not part of `make test`): make fuzz-qcow2 FUZZ_TIME=60
+FUZZ_TIME ?= 60
+BF := build-fuzz
+.PHONY: fuzz-qcow2
+$(BF)/qcow2_fuzz: tests/fuzz/qcow2_fuzz.c $(wildcard src/block/*.c src/block/*.h) src/util/log.c
+	@mkdir -p $(BF)
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< $(wildcard src/block/*.c) src/util/log.c -lz -lpthread
+
+fuzz-qcow2: $(BF)/qcow2_fuzz
+	bash tests/fuzz/qcow2_seeds.sh $(BF)/qcow2-corpus
+	$(BF)/qcow2_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 -close_fd_mask=2 $(BF)/qcow2-corpus
