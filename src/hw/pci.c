@@ -301,20 +301,34 @@ static const struct bus_ops bar_bus_ops = {
 
 /* ---- Policy ---- */
 
+/* True the first time ev is seen on pd: such events are logged once per device. */
+static bool policy_first(struct pci_dev *pd, enum pci_policy_event ev)
+{
+	uint8_t bit = (uint8_t)(1u << ev);
+
+	return !(__atomic_fetch_or(&pd->policy_logged, bit, __ATOMIC_RELAXED) & bit);
+}
+
 bool pci_policy_check(struct pci_dev *pd, enum pci_policy_event ev, uint64_t addr, uint64_t len)
 {
 	switch (ev) {
 	case PCI_POLICY_BAR_MAP:
 		/* A BAR may only decode inside the PCI window: never over RAM, APICs or ROM. */
-		if (addr < PCI_MMIO_START || addr + len < addr || addr + len > PCI_MMIO_END) {
-			pr_warn_once("pci %s: refused BAR at %#llx (+%#llx) outside the PCI window",
-				     pd->name, (unsigned long long)addr, (unsigned long long)len);
-			return false;
-		}
-		return true;
+		if (addr >= PCI_MMIO_START && addr + len >= addr && addr + len <= PCI_MMIO_END)
+			return true;
+		if (policy_first(pd, ev))
+			pr_warn("pci %s: refused BAR at %#llx (+%#llx) outside the PCI window",
+				pd->name, (unsigned long long)addr, (unsigned long long)len);
+		return false;
+	case PCI_POLICY_BAR_OVERLAP:
+		if (policy_first(pd, ev))
+			pr_warn("pci %s: refused BAR at %#llx overlapping another device", pd->name,
+				(unsigned long long)addr);
+		return false;
 	case PCI_POLICY_BUS_MASTER_OFF:
 		/* Allowed (it is how a driver quiesces a device); worth knowing about. */
-		pr_info("pci %s: bus mastering turned off", pd->name);
+		if (policy_first(pd, ev))
+			pr_info("pci %s: bus mastering turned off: no DMA, no MSI", pd->name);
 		return true;
 	}
 	return false;
@@ -352,8 +366,7 @@ static void pci_update_bars(struct pci_dev *pd)
 		if (bus_register(mmio, want, b->size, &bar_bus_ops, b, pd->name) == 0)
 			b->mapped = want;
 		else
-			pr_warn_once("pci %s: BAR %d at %#x overlaps another device; not mapped",
-				     pd->name, i, want);
+			pci_policy_check(pd, PCI_POLICY_BAR_OVERLAP, want, b->size);
 	}
 	pthread_mutex_unlock(&pd->map_lock);
 }

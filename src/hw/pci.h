@@ -139,6 +139,7 @@ struct pci_dev {
 	struct pci_bar bar[PCI_NUM_BARS];
 	struct pci_msix msix;
 	bool intx_level;
+	uint8_t policy_logged; /* one bit per enum pci_policy_event: log each once */
 };
 
 /* Create the bus with its host bridge and claim ports 0xCF8-0xCFF. Sets vm->pci. */
@@ -194,9 +195,12 @@ int pci_dev_restore(struct pci_dev *pd, const void *data, uint64_t len);
 
 /*
  * Policy for config writes with system-wide effect. Returns true if the
- * change may take effect; refusals and notable changes are logged once.
+ * change may take effect; refusals and notable changes are logged once per
+ * device and event. BAR_MAP: may a BAR decode at addr? BAR_OVERLAP: the bus
+ * refused it (another device is there). BUS_MASTER_OFF: the guest stops the
+ * device's DMA.
  */
-enum pci_policy_event { PCI_POLICY_BAR_MAP, PCI_POLICY_BUS_MASTER_OFF };
+enum pci_policy_event { PCI_POLICY_BAR_MAP, PCI_POLICY_BAR_OVERLAP, PCI_POLICY_BUS_MASTER_OFF };
 bool pci_policy_check(struct pci_dev *pd, enum pci_policy_event ev, uint64_t addr, uint64_t len);
 
 #endif

@@ -308,6 +308,9 @@ static void test_bar_mapping(void **state)
 	/* Policy: a BAR on top of another device's BAR is not mapped. */
 	wr(f, PCI_BAR0, 4, bar2);
 	assert_int_equal(mmio_rd(f, bar2 + 0x40), 0xab020040u);
+	/* Each kind of refusal was logged once for this device. */
+	assert_int_equal(f->dev.pd.policy_logged,
+			 1 << PCI_POLICY_BAR_MAP | 1 << PCI_POLICY_BAR_OVERLAP);
 	/* Back home; then decode off unmaps everything. */
 	wr(f, PCI_BAR0, 4, bar0);
 	assert_int_equal(mmio_rd(f, bar0 + 0x10), 0xab000010u);

@@ -572,6 +572,42 @@ static void test_bus_master_and_pause(void **state)
 	assert_int_equal(request(f, T_IN, 8, 512, true, &used), 0);
 }
 
+/* Five reads (15 descriptors of 16) offered at once, one doorbell: all served. */
+static void test_batch(void **state)
+{
+	struct fix *f = *state;
+	struct timespec ts = {0, 1000000};
+
+	for (uint16_t r = 0; r < 5; r++) {
+		struct {
+			uint32_t type, reserved;
+			uint64_t sector;
+		} h = {T_IN, 0, 100u + r};
+		uint16_t d = (uint16_t)(3 * r);
+
+		gw(f, HDR + 16 * r, &h, sizeof(h));
+		set_desc(f, d, HDR + 16 * r, 16, VIRTQ_DESC_F_NEXT, (uint16_t)(d + 1));
+		set_desc(f, (uint16_t)(d + 1), DATA + 512 * r, 512,
+			 VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, (uint16_t)(d + 2));
+		set_desc(f, (uint16_t)(d + 2), STATUS + r, 1, VIRTQ_DESC_F_WRITE, 0);
+		gw(f, AVAIL + 4 + 2 * (f->avail_idx % QSZ), &d, 2);
+		f->avail_idx++;
+	}
+	gw(f, AVAIL + 2, &f->avail_idx, 2);
+	mw(f, f->notify, 0, 2);
+	for (int i = 0; i < 5000 && used_idx(f) != 5; i++)
+		nanosleep(&ts, NULL);
+	assert_int_equal(used_idx(f), 5);
+	for (unsigned r = 0; r < 5; r++) {
+		uint8_t st;
+
+		assert_int_equal(gm_read(&f->vm.mem, STATUS + r, &st, 1), 0);
+		assert_int_equal(st, 0);
+		assert_int_equal(data_byte(f, 512 * r), 100 + r);
+		assert_int_equal(data_byte(f, 512 * r + 511), 100 + r);
+	}
+}
+
 static struct device *find_virtio(struct vm *vm)
 {
 	for (struct device *d = vm->devices; d; d = d->next)
@@ -613,6 +649,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_feature_negotiation, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_read_write, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_requests, setup_rw, teardown),
+	    cmocka_unit_test_setup_teardown(test_batch, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_get_id, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_discard_write_zeroes, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_readonly, setup_ro, teardown),
