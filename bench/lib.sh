@@ -30,8 +30,9 @@ vmm_argv() {
 	cmdline="$base_cmdline tern.cmd=$(b64_argv "$@")"
 	case $vmm in
 	tern)
+		# tern builds the same command line itself: its default plus tern.cmd.
 		argv=("$TERN" run --accel "${TERN_ACCEL:-auto}" --kernel "$kernel"
-			--initrd "$initrd" --cmdline "$base_cmdline" --cpus 1 --memory 256 -- "$@")
+			--initrd "$initrd" --cpus 1 --memory 256 -- "$@")
 		;;
 	qemu-microvm)
 		[ "$accel" = tcg ] && cmdline="$cmdline tsc_early_khz=$(tsc_khz)"
