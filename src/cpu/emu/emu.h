@@ -65,7 +65,7 @@ struct emu_operand {
 	uint8_t index; /* EMU_OP_MEM: index register id or EMU_R_NONE */
 	uint8_t scale; /* EMU_OP_MEM: 1, 2, 4, 8 */
 	uint8_t seg;   /* EMU_OP_MEM: enum emu_seg after overrides */
-	uint8_t pad;
+	uint8_t asize; /* EMU_OP_MEM: address size in bytes (2, 4, 8) */
 	uint16_t sel;  /* EMU_OP_PTR: selector */
 	int64_t disp;  /* displacement, immediate or relative offset */
 };
@@ -77,6 +77,15 @@ enum {
 	EMU_PFX_REPNE = 1 << 2, /* F2 on string insns */
 	EMU_PFX_OSIZE = 1 << 3, /* 66 present */
 };
+
+/*
+ * Mnemonic flags: decode.c looks up far JMP/CALL/RET as
+ * (ZydisMnemonic | EMU_MN_FAR) and MOV to/from CRn/DRn as
+ * (ZYDIS_MNEMONIC_MOV | EMU_MN_CRDR), so emu_sys_handler() can claim them
+ * without taking the near forms; struct emu_insn.mnemonic keeps the flags.
+ */
+#define EMU_MN_FAR 0x8000u
+#define EMU_MN_CRDR 0x4000u
 
 typedef void (*emu_handler)(struct emu_cpu *c, const struct emu_insn *i);
 

@@ -17,10 +17,12 @@ struct emu_tlb_entry {
 	uint8_t *host; /* host address of the page start */
 	uint64_t gpa;  /* guest-physical page address */
 	bool global;   /* from a G=1 PTE: survives emu_tlb_flush(c, false) */
+	uint8_t shift; /* log2 of the mapping's page size (12, 21, 30): INVLPG range */
 };
 #define EMU_TLB_SIZE 256
 
 struct emu_block_cache; /* decode.c */
+#define EMU_UD_LOG_WORDS 32
 
 struct emu_cpu {
 	/* Architectural state. */
@@ -33,9 +35,9 @@ struct emu_cpu {
 	struct cpu_dtable gdtr, idtr;
 	uint64_t cr0, cr2, cr3, cr4, efer, xcr0;
 	uint64_t dr[8];
-	unsigned cpl;	   /* cached CS.DPL */
-	bool mode64;	   /* EFER.LMA && CS.L: decode and address 64-bit */
-	struct emu_fpu fpu; /* emu_fpu.h */
+	unsigned cpl;		/* cached CS.DPL */
+	bool mode64;		/* EFER.LMA && CS.L: decode and address 64-bit */
+	struct emu_fpu fpu;	/* emu_fpu.h */
 	struct emu_sys_cpu sys; /* emu_sys.h: MSRs, APIC, events */
 
 	/* MMU. */
@@ -44,13 +46,13 @@ struct emu_cpu {
 
 	/* Run loop. */
 	jmp_buf jmp;
-	int fault_vec;	    /* set by emu_raise() */
+	int fault_vec; /* set by emu_raise() */
 	uint32_t fault_err;
-	uint64_t icount;    /* instructions retired */
+	uint64_t icount;     /* instructions retired */
 	uint64_t insn_limit; /* emu_exec() returns once icount reaches it */
 	struct emu_block_cache *bc;
-	bool stop_block;      /* end the current block after this instruction */
-	bool stop_on_fault;   /* tests: emu_exec() returns VCPU_EXIT_ERROR on a fault, undelivered */
+	bool stop_block;    /* end the current block after this instruction */
+	bool stop_on_fault; /* tests: emu_exec() returns VCPU_EXIT_ERROR on a fault, undelivered */
 	bool fault_unhandled; /* set by the fallback emu_deliver_fault() when sys.c is absent */
 	uint8_t dmode;	      /* decode mode of the current block (decode.c's enum) */
 	uint32_t event_tick;  /* blocks since emu_check_events() last ran */
@@ -80,7 +82,8 @@ struct emu_vm {
 	uint64_t tlb_flush_gen;
 	int ncpus;
 	struct emu_cpu **cpus;
-	struct emu_sys_vm sys; /* emu_sys.h: IOAPIC, shared time base */
+	uint64_t ud_logged[EMU_UD_LOG_WORDS]; /* mnemonics already reported as unimplemented */
+	struct emu_sys_vm sys;		      /* emu_sys.h: IOAPIC, shared time base */
 };
 
 #endif

@@ -44,8 +44,8 @@ struct eh_state {
 	uint64_t gpr[16]; /* rax rcx rdx rbx rsp rbp rsi rdi r8..r15 */
 	uint64_t rflags;  /* in: only EH_FLAGS_ARITH | EH_FLAG_DF are used */
 	uint8_t fxsave[512] __attribute__((aligned(16))); /* x87/SSE state, FXSAVE layout */
-	uint8_t mem[EH_MEM_SIZE];			   /* the data buffer */
-	int fault;					   /* out: vector, or -1 */
+	uint8_t mem[EH_MEM_SIZE];			  /* the data buffer */
+	int fault;					  /* out: vector, or -1 */
 };
 
 /* What eh_compare() compares. */

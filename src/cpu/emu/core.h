@@ -1,0 +1,255 @@
+/*
+ * Private interface between the emulator core's files (decode.c, exec.c,
+ * alu.c, string.c, mmu.c). Other parts use emu.h only.
+ */
+#ifndef TERN_CPU_EMU_CORE_H
+#define TERN_CPU_EMU_CORE_H
+
+#include <string.h>
+
+#include "cpu/emu/emu.h"
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#define EMU_PAGE_MASK 0xfffull
+
+/* RFLAGS bits. */
+#define FL_CF 0x1ull
+#define FL_PF 0x4ull
+#define FL_AF 0x10ull
+#define FL_ZF 0x40ull
+#define FL_SF 0x80ull
+#define FL_TF 0x100ull
+#define FL_IF 0x200ull
+#define FL_DF 0x400ull
+#define FL_OF 0x800ull
+#define FL_IOPL 0x3000ull
+#define FL_NT 0x4000ull
+#define FL_RF 0x10000ull
+#define FL_VM 0x20000ull
+#define FL_AC 0x40000ull
+#define FL_ID 0x200000ull
+#define FL_ARITH (FL_CF | FL_PF | FL_AF | FL_ZF | FL_SF | FL_OF)
+
+/* Control register bits the core looks at. */
+#define CR0_PE 0x1ull
+#define CR0_WP 0x10000ull
+#define CR0_PG 0x80000000ull
+#define CR4_PSE 0x10ull
+#define CR4_PAE 0x20ull
+#define CR4_PGE 0x80ull
+#define EFER_LME 0x100ull
+#define EFER_LMA 0x400ull
+#define EFER_NXE 0x800ull
+
+/* Lazy flag producers (struct emu_lazyflags.op). */
+enum lf_op {
+	LF_RAW, /* res holds the six arithmetic flags themselves */
+	LF_ADD, /* res = src1 + src2 (+ carry, recovered from the three values) */
+	LF_ADC,
+	LF_SUB, /* res = src1 - src2 (- borrow); also CMP and NEG (src1 = 0) */
+	LF_SBB,
+	LF_LOGIC, /* AND OR XOR TEST: CF = OF = AF = 0 */
+	LF_INC,	  /* res = src1 + 1; src2 = CF before */
+	LF_DEC,
+};
+
+/* Decode modes; the block cache keys on them. */
+enum emu_dmode { DM_64, DM_COMPAT32, DM_COMPAT16, DM_PROT32, DM_PROT16, DM_REAL, DM_COUNT };
+
+static inline uint64_t size_mask(unsigned size)
+{
+	return size >= 8 ? ~0ull : (1ull << (size * 8)) - 1;
+}
+
+static inline uint64_t sign_bit(unsigned size)
+{
+	return 1ull << (size * 8 - 1);
+}
+
+static inline int64_t sext(uint64_t v, unsigned size)
+{
+	unsigned sh = 64 - size * 8;
+
+	return (int64_t)(v << sh) >> sh;
+}
+
+static inline void set_lf(struct emu_cpu *c, enum lf_op op, unsigned size, uint64_t res,
+			  uint64_t s1, uint64_t s2)
+{
+	c->lf.op = op;
+	c->lf.size = size;
+	c->lf.res = res;
+	c->lf.src1 = s1;
+	c->lf.src2 = s2;
+}
+
+/* The six arithmetic flags, evaluated from c->lf. */
+uint64_t emu_arith_flags(const struct emu_cpu *c);
+/* Condition code cc (0..15, Jcc encoding order) from the lazy flags. */
+bool emu_cond(const struct emu_cpu *c, unsigned cc);
+/* Replace the arithmetic flags selected by mask with those in v. */
+void emu_set_arith(struct emu_cpu *c, uint64_t mask, uint64_t v);
+
+/* ---- Memory (mmu.c); inline TLB-hit paths, slow paths out of line ---- */
+uint64_t mmu_read_slow(struct emu_cpu *c, uint64_t la, unsigned size, bool sys);
+void mmu_write_slow(struct emu_cpu *c, uint64_t la, unsigned size, uint64_t v, bool sys);
+/* Host pointer to the page holding la for a read / write / fetch, or NULL (MMIO). */
+uint8_t *mmu_page_r(struct emu_cpu *c, uint64_t la);
+uint8_t *mmu_page_w(struct emu_cpu *c, uint64_t la);
+/* Translate for instruction fetch; sets *gpa; NULL if the page is not RAM. */
+uint8_t *mmu_page_x(struct emu_cpu *c, uint64_t la, uint64_t *gpa);
+/* Make vCPUs drop write TLB entries if emu_vm.tlb_flush_gen moved. */
+void mmu_sync(struct emu_cpu *c);
+
+static inline uint64_t tlb_tag(const struct emu_cpu *c, uint64_t la)
+{
+	return (la & ~EMU_PAGE_MASK) | 1 | ((uint64_t)(c->cpl == 3) << 1);
+}
+
+static inline uint64_t load_n(const uint8_t *p, unsigned size)
+{
+	switch (size) {
+	case 1:
+		return *p;
+	case 2: {
+		uint16_t v;
+		memcpy(&v, p, 2);
+		return v;
+	}
+	case 4: {
+		uint32_t v;
+		memcpy(&v, p, 4);
+		return v;
+	}
+	default: {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		return v;
+	}
+	}
+}
+
+static inline void store_n(uint8_t *p, unsigned size, uint64_t v)
+{
+	switch (size) {
+	case 1:
+		*p = (uint8_t)v;
+		break;
+	case 2: {
+		uint16_t x = (uint16_t)v;
+		memcpy(p, &x, 2);
+		break;
+	}
+	case 4: {
+		uint32_t x = (uint32_t)v;
+		memcpy(p, &x, 4);
+		break;
+	}
+	default:
+		memcpy(p, &v, 8);
+		break;
+	}
+}
+
+static inline uint64_t mem_rd(struct emu_cpu *c, uint64_t la, unsigned size)
+{
+	const struct emu_tlb_entry *e = &c->tlb_r[(la >> 12) % EMU_TLB_SIZE];
+
+	if (likely(e->tag == tlb_tag(c, la) && (la & EMU_PAGE_MASK) + size <= 4096))
+		return load_n(e->host + (la & EMU_PAGE_MASK), size);
+	return mmu_read_slow(c, la, size, false);
+}
+
+static inline void mem_wr(struct emu_cpu *c, uint64_t la, unsigned size, uint64_t v)
+{
+	const struct emu_tlb_entry *e = &c->tlb_w[(la >> 12) % EMU_TLB_SIZE];
+
+	if (likely(e->tag == tlb_tag(c, la) && (la & EMU_PAGE_MASK) + size <= 4096)) {
+		store_n(e->host + (la & EMU_PAGE_MASK), size, v);
+		return;
+	}
+	mmu_write_slow(c, la, size, v, false);
+}
+
+/* ---- Registers and operands (exec.c) ---- */
+static inline uint64_t reg_rd(const struct emu_cpu *c, unsigned reg, unsigned size)
+{
+	if (likely(reg < 16))
+		return c->gpr[reg] & size_mask(size);
+	return emu_reg_read((struct emu_cpu *)c, reg, size);
+}
+
+static inline void reg_wr(struct emu_cpu *c, unsigned reg, unsigned size, uint64_t v)
+{
+	if (likely(reg < 16)) {
+		if (size == 8)
+			c->gpr[reg] = v;
+		else if (size == 4)
+			c->gpr[reg] = (uint32_t)v;
+		else if (size == 2)
+			c->gpr[reg] = (c->gpr[reg] & ~0xffffull) | (uint16_t)v;
+		else
+			c->gpr[reg] = (c->gpr[reg] & ~0xffull) | (uint8_t)v;
+		return;
+	}
+	emu_reg_write(c, reg, size, v);
+}
+
+/* Address-size-masked register (RSI/RDI/RCX for string ops, LOOP). */
+static inline uint64_t areg(const struct emu_cpu *c, const struct emu_insn *i, unsigned reg)
+{
+	return c->gpr[reg] & size_mask(i->asize);
+}
+
+static inline void areg_set(struct emu_cpu *c, const struct emu_insn *i, unsigned reg, uint64_t v)
+{
+	if (i->asize == 8)
+		c->gpr[reg] = v;
+	else if (i->asize == 4)
+		c->gpr[reg] = (uint32_t)v;
+	else
+		c->gpr[reg] = (c->gpr[reg] & ~0xffffull) | (uint16_t)v;
+}
+
+/* Linear address of seg:off for implicit operands (string ops, stack). */
+static inline uint64_t seg_la(const struct emu_cpu *c, unsigned seg, uint64_t off)
+{
+	if (likely(c->mode64))
+		return seg >= SEG_FS && seg != SEG_NONE ? off + c->seg[seg].base : off;
+	return (uint32_t)(off + c->seg[seg].base);
+}
+
+/* Stack (exec.c): width from the mode and SS.B. */
+unsigned emu_stack_size(const struct emu_cpu *c);
+void emu_push(struct emu_cpu *c, unsigned size, uint64_t v);
+uint64_t emu_pop(struct emu_cpu *c, unsigned size);
+
+/* Handler tables of the integer ISA, asked by emu_int_handler(). */
+emu_handler emu_alu_handler(unsigned mnemonic); /* alu.c */
+emu_handler emu_str_handler(unsigned mnemonic); /* string.c */
+emu_handler emu_ctl_handler(unsigned mnemonic); /* exec.c: branches, stack, flags, moves */
+
+/* ---- Decoded blocks (decode.c) ---- */
+struct emu_block {
+	uint64_t gpa;  /* guest-physical address of the first instruction */
+	uint64_t page; /* gm page index of gpa */
+	uint32_t gen;  /* emu_vm.code_gen[page] when decoded */
+	uint8_t dmode;
+	uint16_t n;		/* instructions */
+	struct emu_block *next; /* hash chain */
+	struct emu_insn insn[];
+};
+
+int emu_bc_init(struct emu_cpu *c);
+void emu_bc_destroy(struct emu_cpu *c);
+/* The decoded block at c->rip (decodes on a miss); may raise #PF on the fetch. */
+const struct emu_block *emu_block_get(struct emu_cpu *c);
+enum emu_dmode emu_cur_dmode(const struct emu_cpu *c);
+/* A write hit a page holding decoded code: invalidate its blocks. */
+void emu_code_written(struct emu_vm *ev, uint64_t page);
+/* Handler for instructions nobody implements: #UD. */
+void emu_h_ud(struct emu_cpu *c, const struct emu_insn *i);
+
+#endif
