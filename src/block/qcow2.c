@@ -810,38 +810,6 @@ static int read_compressed(struct qcow2_dev *q, uint64_t e)
 	return 0;
 }
 
-/* Read [voff, voff+len) of the backing file into iov at skip; zeroes past its end. */
-static int read_backing(struct qcow2_dev *q, const struct iovec *iov, int iovcnt, uint64_t skip,
-			uint64_t voff, uint64_t len, struct iovec *tmp)
-{
-	uint64_t have = 0;
-
-	if (q->backing && voff < q->backing->size) {
-		have = q->backing->size - voff < len ? q->backing->size - voff : len;
-		int n = 0;
-		uint64_t s = skip, l = have;
-
-		for (int i = 0; i < iovcnt && l; i++) {
-			if (s >= iov[i].iov_len) {
-				s -= iov[i].iov_len;
-				continue;
-			}
-			tmp[n].iov_base = (char *)iov[i].iov_base + s;
-			tmp[n].iov_len = iov[i].iov_len - s < l ? iov[i].iov_len - s : l;
-			l -= tmp[n].iov_len;
-			s = 0;
-			n++;
-		}
-		int r = blk_preadv(q->backing, tmp, n, voff);
-
-		if (r < 0)
-			return r;
-	}
-	if (have < len)
-		blk_iov_memset(iov, iovcnt, skip + have, 0, len - have);
-	return 0;
-}
-
 /* Slice [skip, skip+len) of iov into tmp; returns the count. */
 static int iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
 		     struct iovec *tmp)
@@ -862,9 +830,30 @@ static int iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_
 	return n;
 }
 
-/* A run of guest bytes that sit contiguously in the image file. */
+/* Read [voff, voff+len) of the backing file into iov at skip; zeroes past its end. */
+static int read_backing(struct qcow2_dev *q, const struct iovec *iov, int iovcnt, uint64_t skip,
+			uint64_t voff, uint64_t len, struct iovec *tmp)
+{
+	uint64_t have = 0;
+
+	if (q->backing && voff < q->backing->size) {
+		int r;
+
+		have = q->backing->size - voff < len ? q->backing->size - voff : len;
+		r = blk_preadv(q->backing, tmp, iov_slice(iov, iovcnt, skip, have, tmp), voff);
+		if (r < 0)
+			return r;
+	}
+	if (have < len)
+		blk_iov_memset(iov, iovcnt, skip + have, 0, len - have);
+	return 0;
+}
+
+/* A run of guest bytes that sit contiguously in the image file (or, for
+ * backing runs, in the backing file at host == guest offset). */
 struct run {
 	uint64_t host, pos, len;
+	bool backing;
 };
 
 static int run_flush(struct qcow2_dev *q, struct run *rn, const struct iovec *iov, int iovcnt,
@@ -874,6 +863,12 @@ static int run_flush(struct qcow2_dev *q, struct run *rn, const struct iovec *io
 
 	if (!rn->len)
 		return 0;
+	if (rn->backing) {
+		uint64_t len = rn->len;
+
+		rn->len = 0;
+		return read_backing(q, iov, iovcnt, rn->pos, rn->host, len, tmp);
+	}
 	n = iov_slice(iov, iovcnt, rn->pos, rn->len, tmp);
 	r = write ? blk_fd_pwritev(q->fd, tmp, n, rn->host)
 		  : blk_fd_preadv(q->fd, tmp, n, rn->host);
@@ -883,12 +878,14 @@ static int run_flush(struct qcow2_dev *q, struct run *rn, const struct iovec *io
 	return r;
 }
 
-static int run_add(struct qcow2_dev *q, struct run *rn, uint64_t host, uint64_t pos, uint64_t len,
-		   const struct iovec *iov, int iovcnt, struct iovec *tmp, bool write)
+static int run_add_kind(struct qcow2_dev *q, struct run *rn, uint64_t host, uint64_t pos,
+			uint64_t len, const struct iovec *iov, int iovcnt, struct iovec *tmp,
+			bool write, bool backing)
 {
 	int r;
 
-	if (rn->len && rn->host + rn->len == host && rn->pos + rn->len == pos) {
+	if (rn->len && rn->backing == backing && rn->host + rn->len == host &&
+	    rn->pos + rn->len == pos) {
 		rn->len += len;
 		return 0;
 	}
@@ -896,7 +893,14 @@ static int run_add(struct qcow2_dev *q, struct run *rn, uint64_t host, uint64_t 
 	rn->host = host;
 	rn->pos = pos;
 	rn->len = len;
+	rn->backing = backing;
 	return r;
+}
+
+static int run_add(struct qcow2_dev *q, struct run *rn, uint64_t host, uint64_t pos, uint64_t len,
+		   const struct iovec *iov, int iovcnt, struct iovec *tmp, bool write)
+{
+	return run_add_kind(q, rn, host, pos, len, iov, iovcnt, tmp, write, false);
 }
 
 static int read_piece(struct qcow2_dev *q, uint64_t e, uint64_t voff, uint64_t pos, uint64_t n,
@@ -920,7 +924,7 @@ static int read_piece(struct qcow2_dev *q, uint64_t e, uint64_t voff, uint64_t p
 			blk_iov_from_buf(iov, iovcnt, pos, (char *)q->zc_buf + in, n);
 		return r;
 	default:
-		return read_backing(q, iov, iovcnt, pos, voff, n, tmp);
+		return run_add_kind(q, rn, voff, pos, n, iov, iovcnt, tmp, false, true);
 	}
 }
 
