@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -124,6 +125,7 @@ static int parse_disk(struct run_opts *o, const char *arg)
 {
 	struct disk_opt *d;
 	const char *comma;
+	struct stat st;
 	int fd;
 
 	if (o->ndisks == MAX_DISKS)
@@ -142,6 +144,12 @@ static int parse_disk(struct run_opts *o, const char *arg)
 		fprintf(stderr, "tern run: --disk %s: cannot open %s: %s; check the path%s\n",
 			d->path, d->readonly ? "for reading" : "for reading and writing",
 			strerror(errno), d->readonly ? "" : " or add ,readonly");
+		return EXIT_USAGE;
+	}
+	if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+		close(fd);
+		fprintf(stderr, "tern run: --disk %s: not a regular file or block device\n",
+			d->path);
 		return EXIT_USAGE;
 	}
 	close(fd);
@@ -172,6 +180,15 @@ static char *default_guest_file(const char *name)
 	return path;
 }
 
+static uint64_t host_ram_mib(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+
+	if (pages <= 0 || psize <= 0)
+		return MAX_MEM_MIB;
+	return (uint64_t)pages * (uint64_t)psize >> 20;
+}
+
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_CPUS, OPT_MEMORY, OPT_DISK, OPT_ACCEL };
 
 static int parse_one(struct run_opts *o, int c, const char *arg)
@@ -198,6 +215,8 @@ static int parse_one(struct run_opts *o, int c, const char *arg)
 	case OPT_MEMORY:
 		if (parse_uint(arg, MAX_MEM_MIB, &v) || v < MIN_MEM_MIB)
 			return usage_error("--memory '%s': give MiB from 64 to 1048576", arg);
+		if (v > host_ram_mib())
+			return usage_error("--memory '%s': more than this host's RAM", arg);
 		o->mem_mib = v;
 		return 0;
 	case OPT_DISK:
