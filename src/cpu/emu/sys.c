@@ -708,9 +708,7 @@ void emu_set_state(struct emu_cpu *c, const struct cpu_state *st)
 	 */
 	if (st->cr0 & X_CR0_PE)
 		s->wait_sipi = false;
-	if (st->pending_exception >= 0 && st->pending_exception < 32)
-		pr_warn("emu: vCPU %d: pending exception %d in a state image dropped\n", c->id,
-			st->pending_exception);
+	/* Event injection is not part of the image: faults re-execute after a restore. */
 	sys_update_mode(c);
 	emu_tlb_flush(c, true);
 	sys_set_pending(c);

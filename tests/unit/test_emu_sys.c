@@ -1,0 +1,343 @@
+/*
+ * System side of the emulator, with small guest programs in long mode:
+ * exceptions with and without error codes, page faults (CR2, error code),
+ * IST stacks, IRETQ, #DF escalation and triple fault, SYSCALL/SYSRET to CPL 3
+ * and back, INT n from user mode through DPL 3 and DPL 0 gates.
+ *
+ * Each exception handler (macro HANDLER) records, in a 64-byte slot per
+ * vector at 0x20000: a count, the error code (-1 when none), the saved RIP,
+ * CR2, its own RSP and the saved CS. If the program stored a resume address
+ * at RESUME, the handler returns there instead of to the saved RIP.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "unit/lib/emu_sys_vm.h"
+
+__asm__(".section .rodata\n"
+	".globl sg_start, sg_end, sg_exc_main, sg_df_main, sg_sc_main\n"
+	".globl sg_h0, sg_h3, sg_h6, sg_h8, sg_h13, sg_h14, sg_h128\n"
+	".equ RESUME, 0x2ff00\n"
+	".macro HANDLER vec, err\n"
+	"sg_h\\vec:\n"
+	"	push %rax\n"
+	"	.if \\err\n"
+	"	mov 8(%rsp), %rax\n"
+	"	mov %rax, 0x20008+\\vec*64\n"
+	"	mov 16(%rsp), %rax\n"
+	"	mov %rax, 0x20010+\\vec*64\n"
+	"	mov 24(%rsp), %rax\n"
+	"	mov %rax, 0x20028+\\vec*64\n"
+	"	.else\n"
+	"	movq $-1, 0x20008+\\vec*64\n"
+	"	mov 8(%rsp), %rax\n"
+	"	mov %rax, 0x20010+\\vec*64\n"
+	"	mov 16(%rsp), %rax\n"
+	"	mov %rax, 0x20028+\\vec*64\n"
+	"	.endif\n"
+	"	mov %cr2, %rax\n"
+	"	mov %rax, 0x20018+\\vec*64\n"
+	"	mov %rsp, 0x20020+\\vec*64\n"
+	"	incq 0x20000+\\vec*64\n"
+	"	mov RESUME, %rax\n"
+	"	test %rax, %rax\n"
+	"	jz 1f\n"
+	"	mov %rax, 8+8*\\err(%rsp)\n"
+	"	movq $0, RESUME\n"
+	"1:	pop %rax\n"
+	"	.if \\err\n"
+	"	add $8, %rsp\n"
+	"	.endif\n"
+	"	iretq\n"
+	".endm\n"
+	"sg_start:\n"
+	"HANDLER 0, 0\n"
+	"HANDLER 3, 0\n"
+	"HANDLER 6, 0\n"
+	"HANDLER 8, 1\n"
+	"HANDLER 13, 1\n"
+	"HANDLER 14, 1\n"
+	"HANDLER 128, 0\n"
+	/* Exceptions at CPL 0. */
+	"sg_exc_main:\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	ud2\n"
+	"1:	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov $0x80, %ax\n"
+	"	mov %ax, %ds\n" /* beyond the GDT limit: #GP(0x80) */
+	"1:	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	xor %ecx, %ecx\n"
+	"	div %ecx\n"
+	"1:	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov 0x31008, %rax\n" /* not present, read: #PF(0) */
+	"1:	mov 0x20008+14*64, %rax\n"
+	"	mov %rax, 0x20e00\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	movq $5, 0x31010\n" /* not present, write: #PF(2) */
+	"1:	mov 0x20008+14*64, %rax\n"
+	"	mov %rax, 0x20e08\n"
+	"	mov 0x20018+14*64, %rax\n"
+	"	mov %rax, 0x20e10\n"
+	"	int3\n" /* IST 1 */
+	"	mov %rsp, 0x20e18\n"
+	"	int $0x80\n"
+	"	mov %rsp, 0x20e20\n"
+	"	cli\n"
+	"	hlt\n"
+	/* #GP whose gate is absent: #NP while delivering #GP -> #DF. */
+	"sg_df_main:\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov $0x80, %ax\n"
+	"	mov %ax, %ds\n"
+	"1:	cli\n"
+	"	hlt\n"
+	/* SYSCALL/SYSRET, user-mode faults and INT n. */
+	"sg_sc_main:\n"
+	"	mov $0xc0000080, %ecx\n"
+	"	rdmsr\n"
+	"	or $1, %eax\n"
+	"	wrmsr\n"
+	"	mov $0xc0000081, %ecx\n"
+	"	xor %eax, %eax\n"
+	"	mov $0x00230010, %edx\n"
+	"	wrmsr\n"
+	"	lea sc_entry(%rip), %rax\n"
+	"	mov %rax, %rdx\n"
+	"	shr $32, %rdx\n"
+	"	mov $0xc0000082, %ecx\n"
+	"	wrmsr\n"
+	"	mov $0xc0000084, %ecx\n"
+	"	mov $0x200, %eax\n"
+	"	xor %edx, %edx\n"
+	"	wrmsr\n"
+	"	push $0x2b\n"
+	"	push $0xd000\n"
+	"	push $0x202\n"
+	"	push $0x33\n"
+	"	lea sc_user(%rip), %rax\n"
+	"	push %rax\n"
+	"	iretq\n"
+	"sc_user:\n"
+	"	mov $41, %rdi\n"
+	"	syscall\n"
+	"	mov %rdi, 0x20100\n"
+	"	mov %cs, %rax\n"
+	"	mov %rax, 0x20108\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov 0x30000, %rax\n" /* supervisor page from CPL 3: #PF(5) */
+	"1:	int $0x80\n"	     /* DPL 3 gate */
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	int $0x81\n" /* DPL 0 gate: #GP(0x81*8+2) */
+	"1:	mov %rsp, 0x20128\n"
+	"	mov $99, %eax\n"
+	"	syscall\n"
+	"sc_entry:\n"
+	"	cmp $99, %eax\n"
+	"	je 1f\n"
+	"	mov %rcx, 0x20110\n"
+	"	mov %r11, 0x20118\n"
+	"	pushfq\n"
+	"	pop %rax\n"
+	"	mov %rax, 0x20120\n"
+	"	inc %rdi\n"
+	"	sysretq\n"
+	"1:	mov %cs, %rax\n"
+	"	mov %rax, 0x20130\n"
+	"	cli\n"
+	"	hlt\n"
+	"sg_end:\n"
+	".previous\n");
+
+extern const char sg_start[], sg_end[], sg_exc_main[], sg_df_main[], sg_sc_main[];
+extern const char sg_h0[], sg_h3[], sg_h6[], sg_h8[], sg_h13[], sg_h14[], sg_h128[];
+
+#define G(sym) (ESV_CODE + (uint64_t)((sym)-sg_start))
+#define SLOT(vec, field) (ESV_DATA + (vec)*64 + (field)*8)
+enum { S_COUNT, S_ERR, S_RIP, S_CR2, S_RSP, S_CS };
+
+static int setup(void **state)
+{
+	struct esv *v = calloc(1, sizeof(*v));
+
+	assert_non_null(v);
+	assert_int_equal(esv_create(v, 1), 0);
+	esv_load(v, sg_start, (size_t)(sg_end - sg_start));
+	esv_gate(v, 0, G(sg_h0), 0, 0, 0xe, 1);
+	esv_gate(v, 3, G(sg_h3), 1, 0, 0xe, 1);
+	esv_gate(v, 6, G(sg_h6), 0, 0, 0xe, 1);
+	esv_gate(v, 8, G(sg_h8), 1, 0, 0xe, 1);
+	esv_gate(v, 13, G(sg_h13), 0, 0, 0xe, 1);
+	esv_gate(v, 14, G(sg_h14), 0, 0, 0xe, 1);
+	esv_gate(v, 0x80, G(sg_h128), 0, 3, 0xf, 1);
+	esv_gate(v, 0x81, G(sg_h128), 0, 0, 0xf, 1);
+	*state = v;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	esv_destroy(*state);
+	free(*state);
+	return 0;
+}
+
+static void test_exceptions(void **state)
+{
+	struct esv *v = *state;
+
+	esv_enter(v, 0, G(sg_exc_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_HLT);
+
+	/* #UD, no error code, at the UD2. */
+	assert_int_equal(esv_rd(v, SLOT(6, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(6, S_ERR)), (uint64_t)-1);
+	assert_int_equal(esv_rd(v, SLOT(6, S_CS)), ESV_KCODE);
+	/* #GP with the selector as error code. */
+	assert_int_equal(esv_rd(v, SLOT(13, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(13, S_ERR)), 0x80);
+	/* #DE. */
+	assert_int_equal(esv_rd(v, SLOT(0, S_COUNT)), 1);
+	/* Page faults: read of a non-present page, then a write; CR2 is the address. */
+	assert_int_equal(esv_rd(v, SLOT(14, S_COUNT)), 2);
+	assert_int_equal(esv_rd(v, 0x20e00), 0);
+	assert_int_equal(esv_rd(v, 0x20e08), 2);
+	assert_int_equal(esv_rd(v, 0x20e10), ESV_ABSENT_PAGE + 0x10);
+	/* Handler stacks: same level (no IST) stays on the kernel stack, 16-byte aligned frame. */
+	uint64_t rsp13 = esv_rd(v, SLOT(13, S_RSP));
+
+	assert_true(rsp13 < ESV_KSTACK && rsp13 > ESV_KSTACK - 0x100);
+	assert_int_equal((rsp13 + 8) % 16, 0); /* after one push below the aligned frame */
+	/* INT3 through an IST-1 gate: its handler ran on the IST stack; RIP after the INT3. */
+	assert_int_equal(esv_rd(v, SLOT(3, S_COUNT)), 1);
+	uint64_t rsp3 = esv_rd(v, SLOT(3, S_RSP));
+
+	assert_true(rsp3 < ESV_IST1 && rsp3 >= ESV_IST1 - 0x100);
+	/* IRETQ put RSP back exactly. */
+	assert_int_equal(esv_rd(v, 0x20e18), ESV_KSTACK);
+	assert_int_equal(esv_rd(v, 0x20e20), ESV_KSTACK);
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_ERR)), (uint64_t)-1);
+}
+
+static void test_double_fault(void **state)
+{
+	struct esv *v = *state;
+
+	esv_gate(v, 13, G(sg_h13), 0, 0, 0xe, 0);
+	esv_enter(v, 0, G(sg_df_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, SLOT(13, S_COUNT)), 0);
+	assert_int_equal(esv_rd(v, SLOT(8, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(8, S_ERR)), 0);
+	uint64_t rsp = esv_rd(v, SLOT(8, S_RSP));
+
+	assert_true(rsp < ESV_IST1 && rsp >= ESV_IST1 - 0x100);
+}
+
+static void test_triple_fault(void **state)
+{
+	struct esv *v = *state;
+
+	esv_gate(v, 13, G(sg_h13), 0, 0, 0xe, 0);
+	esv_gate(v, 8, G(sg_h8), 1, 0, 0xe, 0);
+	esv_enter(v, 0, G(sg_df_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_SHUTDOWN);
+	assert_int_equal(esv_rd(v, SLOT(8, S_COUNT)), 0);
+	/* It stays shut down. */
+	assert_int_equal(esv_run(v, 0, 1000), VCPU_EXIT_SHUTDOWN);
+}
+
+static void test_syscall_sysret(void **state)
+{
+	struct esv *v = *state;
+
+	esv_enter(v, 0, G(sg_sc_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_HLT);
+	/* Round trip: the kernel incremented RDI; the user saw CS 0x33. */
+	assert_int_equal(esv_rd(v, 0x20100), 42);
+	assert_int_equal(esv_rd(v, 0x20108), ESV_UCODE);
+	/* SYSCALL saved the user RIP and RFLAGS (IF set) and masked IF by SFMASK. */
+	uint64_t ret = esv_rd(v, 0x20110);
+
+	assert_true(ret > G(sg_sc_main) && ret < G(sg_end));
+	assert_true(esv_rd(v, 0x20118) & 0x200);
+	assert_false(esv_rd(v, 0x20120) & 0x200);
+	/* #PF from CPL 3 on a supervisor page: P|U, taken on TSS.RSP0 with user CS saved. */
+	assert_int_equal(esv_rd(v, SLOT(14, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(14, S_ERR)), 5);
+	assert_int_equal(esv_rd(v, SLOT(14, S_CR2)), ESV_SUPER_PAGE);
+	assert_int_equal(esv_rd(v, SLOT(14, S_CS)), ESV_UCODE);
+	uint64_t rsp = esv_rd(v, SLOT(14, S_RSP));
+
+	assert_true(rsp < ESV_RSP0 && rsp >= ESV_RSP0 - 0x100);
+	/* INT 0x80 through the DPL 3 gate; INT 0x81 through a DPL 0 gate is #GP(vec*8+2). */
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_CS)), ESV_UCODE);
+	assert_int_equal(esv_rd(v, SLOT(13, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(13, S_ERR)), 0x81 * 8 + 2);
+	/* IRETQ back to CPL 3 restored the user stack. */
+	assert_int_equal(esv_rd(v, 0x20128), ESV_USTACK);
+	/* The final SYSCALL landed at CPL 0. */
+	assert_int_equal(esv_rd(v, 0x20130), ESV_KCODE);
+}
+
+static void test_msr_cpuid(void **state)
+{
+	struct esv *v = *state;
+	struct emu_cpu *c = v->cpu[0];
+	uint32_t r[4];
+	uint64_t x;
+
+	esv_enter(v, 0, G(sg_exc_main), ESV_KSTACK);
+	emu_cpuid(c, 0, 0, r);
+	assert_true(r[0] >= 0x16);
+	assert_memory_equal(&r[1], "Genu", 4);
+	emu_cpuid(c, 0x15, 0, r);
+	assert_int_equal((uint64_t)r[2] * r[1] / r[0], EMU_TSC_HZ);
+	emu_cpuid(c, 0x80000001, 0, r);
+	assert_true(r[3] & (1u << 29)); /* LM */
+	emu_cpuid(c, 1, 0, r);
+	assert_false(r[2] & (1u << 26)); /* no XSAVE */
+	assert_false(r[2] & (1u << 21)); /* no x2APIC */
+	/* Known MSRs round-trip; unknown ones fail (#GP); EFER refuses reserved bits. */
+	assert_true(emu_msr_write(c, 0xc0000102, 0xffff888000001000ull));
+	assert_true(emu_msr_read(c, 0xc0000102, &x));
+	assert_int_equal(x, 0xffff888000001000ull);
+	assert_false(emu_msr_write(c, 0xc0000102, 0x0000800000000000ull)); /* non-canonical */
+	assert_false(emu_msr_read(c, 0x4b564d01, &x));
+	assert_false(emu_msr_write(c, 0xc0000080, 1ull << 20));
+	assert_true(emu_msr_read(c, 0xc0000080, &x));
+	assert_true(x & 0x400);					      /* LMA */
+	assert_false(emu_msr_write(c, 0x277, 0x0202020202020202ull)); /* PAT type 2 reserved */
+	/* The TSC is writable and keeps running from the written value. */
+	assert_true(emu_msr_write(c, 0x10, 1000000000000ull));
+	assert_true(emu_msr_read(c, 0x10, &x));
+	assert_true(x >= 1000000000000ull && x < 1000000000000ull + 1000000000ull);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_exceptions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_double_fault, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_triple_fault, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_syscall_sysret, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_msr_cpuid, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
