@@ -9,6 +9,7 @@
 #   TERN_E2E_TIMEOUT     seconds one guest run may take (default 120)
 #   TERN_E2E_ARGS        extra options for every 'tern run' (e.g. --accel emu)
 #   TERN_E2E_STRICT=1    fail, instead of skip, when tern cannot boot the guest
+#   TERN_E2E_PROBE_TIMEOUT  seconds the one boot probe may take (default 90)
 #   TERN_E2E_VMM=qemu    run the same guest commands under QEMU instead
 #                        (-M pc, TCG; port 0x4F0 is QEMU's isa-debug-exit).
 #                        This checks the guest and the tests' own logic;
@@ -68,13 +69,15 @@ e2e_b64_argv() {
 # exit port, QEMU failed) is reported as 255. Statuses above 127 do not
 # survive the shift.
 qemu_run() {
-	local kernel=$E2E_KERNEL initrd=$E2E_INITRD cmdline="console=ttyS0 quiet panic=-1"
+	# tern's default command line; --cmdline appends to it, as in tern.
+	local kernel=$E2E_KERNEL initrd=$E2E_INITRD
+	local cmdline="console=ttyS0 reboot=k panic=-1 loglevel=4 8250.nr_uarts=1"
 	local cpus=1 mem=256 ndisk=0 opts=() rc path ro
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--kernel) kernel=$2; shift 2 ;;
 		--initrd) initrd=$2; shift 2 ;;
-		--cmdline) cmdline=$2; shift 2 ;;
+		--cmdline) cmdline="$cmdline $2"; shift 2 ;;
 		--cpus) cpus=$2; shift 2 ;;
 		--memory) mem=$2; shift 2 ;;
 		--accel) shift 2 ;;
@@ -142,11 +145,8 @@ expect_rc() {
 	[ "$VM_RC" -eq "$1" ] || fail "expected exit status $1, got $VM_RC"
 }
 
-# Boot once per tern binary and guest; skip every test while tern cannot
-# boot the default guest yet (unless TERN_E2E_STRICT=1). The verdict is
-# cached next to the binary so a failing tree costs one probe, not one per
-# test.
-e2e_require_boot() {
+# The default guest and the VMM under test exist.
+e2e_require_tern() {
 	if [ ! -s "$E2E_KERNEL" ] || [ ! -s "$E2E_INITRD" ]; then
 		skip "no default guest (run 'make guest')"
 	fi
@@ -155,6 +155,16 @@ e2e_require_boot() {
 		return 0
 	fi
 	[ -x "$TERN" ] || skip "no tern binary at $TERN (run 'make')"
+}
+
+# Boot once per tern binary and guest; skip every test while tern cannot
+# boot the default guest yet (unless TERN_E2E_STRICT=1). The verdict is
+# cached next to the binary so a failing tree costs one probe, not one per
+# test, and the probe gives up after TERN_E2E_PROBE_TIMEOUT seconds
+# (default 90).
+e2e_require_boot() {
+	e2e_require_tern
+	[ "$E2E_VMM" = qemu ] && return 0
 	local key cache verdict
 	key=$(stat -Lc '%Y.%s.%i' "$TERN" "$E2E_KERNEL" "$E2E_INITRD" | tr '\n' '-')
 	key="$key${TERN_E2E_ARGS:-}"
@@ -162,9 +172,12 @@ e2e_require_boot() {
 	if [ "$(head -n 1 "$cache" 2>/dev/null)" = "$key" ]; then
 		verdict=$(sed -n 2p "$cache")
 	else
-		E2E_PROBING=1 vm_run -- sh -c 'echo E2E_PROBE=$((6 * 7))'
+		E2E_PROBING=1 E2E_TIMEOUT=${TERN_E2E_PROBE_TIMEOUT:-90} \
+			vm_run -- sh -c 'echo E2E_PROBE=$((6 * 7))'
 		if [ "$VM_RC" -eq 0 ] && [ "$(vm_value E2E_PROBE)" = 42 ]; then
 			verdict=ok
+		elif [ "$VM_RC" -eq 124 ] || [ "$VM_RC" -eq 137 ]; then
+			verdict="no answer within ${TERN_E2E_PROBE_TIMEOUT:-90} s"
 		else
 			verdict="exit $VM_RC: $(cat "$VM_ERR" "$VM_OUT" | grep -v '^ *$' | tail -n 1)"
 		fi

@@ -3,9 +3,9 @@
 # exit status and no boot, quickly.
 . "$(dirname "$0")/lib.sh"
 [ "$E2E_VMM" = tern ] || skip "checks tern's own argument handling"
-# Only meaningful once the same command line with good values boots: then a
-# refusal is caused by the bad value, not by tern refusing everything.
-e2e_require_boot
+# No boot needed: each error must name the value at fault, which shows the
+# refusal is about that value and not tern refusing everything.
+e2e_require_tern
 
 unreadable=$E2E_TMP/unreadable-dir
 mkdir -p "$unreadable"
