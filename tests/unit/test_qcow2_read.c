@@ -189,19 +189,18 @@ static void test_chain(void **state)
 	free(mid);
 }
 
-/* tern writes over a qemu-made chain; qemu-img must agree on every byte. */
-static void test_write_over_chain(void **state)
+/* tern writes over img (random data, zeroes, discards); qemu-img must agree on every byte. */
+static void write_and_compare(const char *img, uint64_t s)
 {
-	char *top = qt_path(dir, "top.qcow2"), *ref = qt_path(dir, "ref.raw");
-	uint64_t size, s = 77;
+	char *ref = qt_path(dir, "ref.raw");
+	uint64_t size;
 	uint8_t *want, buf[70000];
 	struct blockdev *bd;
 	int fd;
 
-	make_chain();
-	assert_int_equal(qt_sh("qemu-img convert -O raw '%s' '%s'", top, ref), 0);
+	assert_int_equal(qt_sh("qemu-img convert -O raw '%s' '%s'", img, ref), 0);
 	want = slurp(ref, &size);
-	assert_int_equal(blk_open(top, false, &bd), 0);
+	assert_int_equal(blk_open(img, false, &bd), 0);
 	for (int i = 0; i < 300; i++) {
 		uint64_t len = 1 + qt_rand(&s) % sizeof(buf), off = qt_rand(&s) % (size - len);
 
@@ -219,11 +218,33 @@ static void test_write_over_chain(void **state)
 	fd = open(ref, O_WRONLY);
 	assert_int_equal(pwrite(fd, want, size, 0), (ssize_t)size);
 	close(fd);
-	assert_int_equal(qt_sh("qemu-img check -q '%s'", top), 0);
-	assert_int_equal(qt_sh("qemu-img compare -q -F raw '%s' '%s'", top, ref), 0);
+	assert_int_equal(qt_sh("qemu-img check -q '%s'", img), 0);
+	assert_int_equal(qt_sh("qemu-img compare -q -F raw '%s' '%s'", img, ref), 0);
 	free(want);
-	free(top);
+	unlink(ref);
 	free(ref);
+}
+
+static void test_write_over_chain(void **state)
+{
+	char *top = qt_path(dir, "top.qcow2");
+
+	make_chain();
+	write_and_compare(top, 77);
+	free(top);
+}
+
+/* Overwriting compressed clusters, partly and wholly, frees their sectors correctly. */
+static void test_write_over_compressed(void **state)
+{
+	char *seed = qt_path(dir, "wcseed.raw"), *img = qt_path(dir, "wc.qcow2");
+
+	make_seed(seed, 4 << 20, 9);
+	assert_int_equal(
+	    qt_sh("qemu-img convert -c -O qcow2 -o cluster_size=4k '%s' '%s'", seed, img), 0);
+	write_and_compare(img, 31);
+	free(seed);
+	free(img);
 }
 
 static void test_v2_plain(void **state)
@@ -259,9 +280,13 @@ static void test_snapshot_readonly(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_cluster_sizes), cmocka_unit_test(test_compressed),
-	    cmocka_unit_test(test_chain),	  cmocka_unit_test(test_write_over_chain),
-	    cmocka_unit_test(test_v2_plain),	  cmocka_unit_test(test_snapshot_readonly),
+	    cmocka_unit_test(test_cluster_sizes),
+	    cmocka_unit_test(test_compressed),
+	    cmocka_unit_test(test_chain),
+	    cmocka_unit_test(test_write_over_chain),
+	    cmocka_unit_test(test_write_over_compressed),
+	    cmocka_unit_test(test_v2_plain),
+	    cmocka_unit_test(test_snapshot_readonly),
 	};
 
 	if (!qt_have_qemu_img()) {
