@@ -222,6 +222,8 @@ static void do_stmxcsr(struct emu_cpu *c, const struct emu_insn *i)
 	emu_write(c, la, 4, c->fpu.mxcsr);
 }
 
+static void set_top(struct emu_fpu *f, unsigned top);
+
 /* ---- x87 control ---- */
 
 /* ES and B mirror whether any exception flag is unmasked. */
@@ -284,6 +286,8 @@ static void do_emms(struct emu_cpu *c, const struct emu_insn *i)
 {
 	fpu_check(c);
 	c->fpu.ftw = 0xffff;
+	/* Like the other MMX instructions, the hardware tern runs on also resets TOP. */
+	set_top(&c->fpu, 0);
 }
 
 /* ---- x87 stack ---- */
@@ -958,10 +962,10 @@ static void do_fcomi(struct emu_cpu *c, const struct emu_insn *i)
 	x87_env_init(&e, f);
 	if (unordered)
 		X87_ASM(&e, "fucomi %%st(1), %%st\n\tsetz %[zf]\n\tsetp %[pf]\n\tsetc %[cf]",
-			([zf] "=q"(zf), [pf] "=q"(pf), [cf] "=q"(cf)), ("t"(a), "u"(b)), "cc");
+			([zf] "=&q"(zf), [pf] "=&q"(pf), [cf] "=&q"(cf)), ("t"(a), "u"(b)), "cc");
 	else
 		X87_ASM(&e, "fcomi %%st(1), %%st\n\tsetz %[zf]\n\tsetp %[pf]\n\tsetc %[cf]",
-			([zf] "=q"(zf), [pf] "=q"(pf), [cf] "=q"(cf)), ("t"(a), "u"(b)), "cc");
+			([zf] "=&q"(zf), [pf] "=&q"(pf), [cf] "=&q"(cf)), ("t"(a), "u"(b)), "cc");
 	if (!x87_commit(f, e.sw, FSW_C1))
 		return;
 	emu_set_rflags(c, fl | cf | (uint64_t)pf << 2 | (uint64_t)zf << 6);
@@ -1257,7 +1261,8 @@ static void do_fcmov(struct emu_cpu *c, const struct emu_insn *i)
 	x87_begin(c);
 	src = sti_operand(c, i, 1);
 	if (st_empty(f, 0) || st_empty(f, src)) {
-		if (stack_fault(f, false) && fcmov_cond(c, i->mnemonic))
+		/* Masked underflow writes the indefinite whatever the condition. */
+		if (stack_fault(f, false))
 			st_set(f, 0, ld_indefinite());
 		return;
 	}

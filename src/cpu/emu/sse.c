@@ -553,7 +553,7 @@ FP_CMP(cmpsd, "cmpsd")
 		    "stmxcsr %[h]\n\tldmxcsr %[g]\n\t" insn " %[s], %[d]\n\t"                      \
 		    "setz %[zf]\n\tsetp %[pf]\n\tsetc %[cf]\n\t"                                   \
 		    "stmxcsr %[g]\n\tldmxcsr %[h]"                                                 \
-		    : [g] "+m"(mx), [h] "=m"(host), [zf] "=q"(zf), [pf] "=q"(pf), [cf] "=q"(cf)    \
+		    : [g] "+m"(mx), [h] "=m"(host), [zf] "=&q"(zf), [pf] "=&q"(pf), [cf] "=&q"(cf) \
 		    : [d] "x"(d), [s] "x"(s)                                                       \
 		    : "cc");                                                                       \
 		a->d.q[0] = (uint64_t)cf | (uint64_t)pf << 2 | (uint64_t)zf << 6;                  \
@@ -578,13 +578,13 @@ FP_COMI(ucomisd, "ucomisd")
 			__asm__ volatile("stmxcsr %[h]\n\tldmxcsr %[g]\n\t" insn                   \
 					 " %[s], %q[r]\n\t"                                        \
 					 "stmxcsr %[g]\n\tldmxcsr %[h]"                            \
-					 : [r] "=r"(r), [g] "+m"(mx), [h] "=m"(host)               \
+					 : [r] "=&r"(r), [g] "+m"(mx), [h] "=m"(host)              \
 					 : [s] "x"(s));                                            \
 		else                                                                               \
 			__asm__ volatile("stmxcsr %[h]\n\tldmxcsr %[g]\n\t" insn                   \
 					 " %[s], %k[r]\n\t"                                        \
 					 "stmxcsr %[g]\n\tldmxcsr %[h]"                            \
-					 : [r] "=r"(r), [g] "+m"(mx), [h] "=m"(host)               \
+					 : [r] "=&r"(r), [g] "+m"(mx), [h] "=m"(host)              \
 					 : [s] "x"(s));                                            \
 		a->d.q[0] = r;                                                                     \
 		a->d.q[1] = 0;                                                                     \
