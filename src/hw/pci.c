@@ -294,6 +294,25 @@ static void bar_mmio_write(void *opaque, uint64_t off, const void *data, unsigne
 	pthread_mutex_unlock(&pd->lock);
 }
 
+void pci_bar_access_locked(struct pci_dev *pd, int bar, uint64_t off, void *data, unsigned size,
+			   bool write)
+{
+	if (bar < 0 || bar >= PCI_NUM_BARS || !pd->bar[bar].size ||
+	    off + size > pd->bar[bar].size) {
+		if (!write)
+			memset(data, 0xff, size);
+		return;
+	}
+	if (msix_access(pd, bar, off, data, size, write))
+		return;
+	if (write && pd->ops && pd->ops->bar_write)
+		pd->ops->bar_write(pd, bar, off, data, size);
+	else if (!write && pd->ops && pd->ops->bar_read)
+		pd->ops->bar_read(pd, bar, off, data, size);
+	else if (!write)
+		memset(data, 0xff, size);
+}
+
 static const struct bus_ops bar_bus_ops = {
     .read = bar_mmio_read,
     .write = bar_mmio_write,
@@ -402,6 +421,8 @@ uint32_t pci_cfg_read(struct vm *vm, unsigned devfn, unsigned off, unsigned size
 	if (!pd)
 		return size == 4 ? 0xffffffffu : (1u << (8 * size)) - 1;
 	pthread_mutex_lock(&pd->lock);
+	if (pd->ops && pd->ops->cfg_read)
+		pd->ops->cfg_read(pd, off, size);
 	v = cfg_get(pd->cfg, off, size);
 	pthread_mutex_unlock(&pd->lock);
 	return v;

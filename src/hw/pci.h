@@ -91,6 +91,8 @@ struct pci_dev_ops {
 	const char *name;
 	/* Optional: after the generic layer applied a guest config write. */
 	void (*cfg_write)(struct pci_dev *pd, unsigned off, unsigned size, uint32_t val);
+	/* Optional: before a guest config read, to refresh the bytes it will see. */
+	void (*cfg_read)(struct pci_dev *pd, unsigned off, unsigned size);
 	/* Access to a device-owned part of BAR bar; off relative to the BAR. */
 	void (*bar_read)(struct pci_dev *pd, int bar, uint64_t off, void *data, unsigned size);
 	void (*bar_write)(struct pci_dev *pd, int bar, uint64_t off, const void *data,
@@ -176,6 +178,13 @@ static inline bool pci_bus_master(const struct pci_dev *pd)
 {
 	return pci_cfg_get16(pd, PCI_COMMAND) & PCI_COMMAND_MASTER;
 }
+
+/*
+ * Access BAR bar at off as the guest would (MSI-X table/PBA included), for
+ * config-space windows onto BARs. Caller holds pd->lock.
+ */
+void pci_bar_access_locked(struct pci_dev *pd, int bar, uint64_t off, void *data, unsigned size,
+			   bool write);
 
 /* Interrupts from a device: any thread, pd->lock not needed. */
 bool pci_msix_enabled(const struct pci_dev *pd);

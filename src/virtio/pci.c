@@ -469,10 +469,63 @@ static void vp_bar_write(struct pci_dev *pd, int bar, uint64_t off, const void *
 	}
 }
 
+/*
+ * The VIRTIO_PCI_CAP_PCI_CFG window (4.1.4.9): the driver puts bar, offset
+ * and length (1, 2 or 4) in the capability; pci_cfg_data then reads or
+ * writes that BAR location.
+ */
+#define PCI_CFG_CAP_LEN 20
+#define PCI_CFG_CAP_DATA 16
+
+static bool window_target(struct virtio_dev *vd, int *bar, uint32_t *off, uint32_t *len)
+{
+	const uint8_t *c = vd->pci.cfg + vd->pci_cfg_cap;
+
+	*bar = c[4];
+	memcpy(off, c + 8, 4);
+	memcpy(len, c + 12, 4);
+	return (*len == 1 || *len == 2 || *len == 4) && !(*off & (*len - 1)) && *bar < PCI_NUM_BARS;
+}
+
+static bool hits_window_data(struct virtio_dev *vd, unsigned off, unsigned size)
+{
+	unsigned d = vd->pci_cfg_cap + PCI_CFG_CAP_DATA;
+
+	return vd->pci_cfg_cap && off < d + 4 && off + size > d;
+}
+
+static void vp_cfg_read(struct pci_dev *pd, unsigned off, unsigned size)
+{
+	struct virtio_dev *vd = pd->priv;
+	uint8_t *data = pd->cfg + vd->pci_cfg_cap + PCI_CFG_CAP_DATA;
+	uint32_t boff, len;
+	int bar;
+
+	if (!hits_window_data(vd, off, size))
+		return;
+	memset(data, 0, 4);
+	if (window_target(vd, &bar, &boff, &len))
+		pci_bar_access_locked(pd, bar, boff, data, len, false);
+}
+
+static void window_write(struct virtio_dev *vd)
+{
+	uint8_t data[4];
+	uint32_t boff, len;
+	int bar;
+
+	if (!window_target(vd, &bar, &boff, &len))
+		return;
+	memcpy(data, vd->pci.cfg + vd->pci_cfg_cap + PCI_CFG_CAP_DATA, 4);
+	pci_bar_access_locked(&vd->pci, bar, boff, data, len, true);
+}
+
 static void vp_cfg_write(struct pci_dev *pd, unsigned off, unsigned size, uint32_t val)
 {
 	struct virtio_dev *vd = pd->priv;
 
+	if (hits_window_data(vd, off, size))
+		window_write(vd);
 	/* Bus mastering back on: doorbells held meanwhile can run now. */
 	if (off <= PCI_COMMAND && off + size > PCI_COMMAND && pci_bus_master(pd) && device_live(vd))
 		kick_all(vd);
@@ -481,6 +534,7 @@ static void vp_cfg_write(struct pci_dev *pd, unsigned off, unsigned size, uint32
 static const struct pci_dev_ops virtio_pci_ops = {
     .name = "virtio-pci",
     .cfg_write = vp_cfg_write,
+    .cfg_read = vp_cfg_read,
     .bar_read = vp_bar_read,
     .bar_write = vp_bar_write,
 };
@@ -699,6 +753,23 @@ static int add_vcap(struct pci_dev *pd, uint8_t type, uint32_t off, uint32_t len
 	return pci_dev_add_cap(pd, PCI_CAP_ID_VNDR, cap, cap[2]);
 }
 
+static int add_cfg_window(struct virtio_dev *vd)
+{
+	uint8_t cap[PCI_CFG_CAP_LEN] = {0};
+	int off;
+
+	cap[2] = PCI_CFG_CAP_LEN;
+	cap[3] = VIRTIO_PCI_CAP_PCI_CFG;
+	off = pci_dev_add_cap(&vd->pci, PCI_CAP_ID_VNDR, cap, sizeof(cap));
+	if (off < 0)
+		return off;
+	vd->pci_cfg_cap = (uint8_t)off;
+	/* bar, offset, length and data are the driver's to write. */
+	vd->pci.wmask[off + 4] = 0xff;
+	memset(vd->pci.wmask + off + 8, 0xff, 12);
+	return 0;
+}
+
 static int setup_pci(struct virtio_dev *vd)
 {
 	const struct virtio_dev_ops *ops = vd->ops;
@@ -728,6 +799,8 @@ static int setup_pci(struct virtio_dev *vd)
 	if (err >= 0 && ops->config_size)
 		err = add_vcap(pd, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_DEVCFG_OFF,
 			       ops->config_size, false);
+	if (err >= 0)
+		err = add_cfg_window(vd);
 	return err < 0 ? err : 0;
 }
 

@@ -16,6 +16,7 @@
  * BAR 0 (16 KiB): common config at 0x0000, ISR at 0x1000, device config at
  * 0x2000, notify doorbells at 0x3000 (4 bytes per queue). BAR 2: MSI-X
  * table at 0, PBA at 0x800; one vector per queue plus one for config.
+ * A VIRTIO_PCI_CAP_PCI_CFG capability gives config-space access to the BARs.
  */
 #ifndef TERN_VIRTIO_TRANSPORT_H
 #define TERN_VIRTIO_TRANSPORT_H
@@ -77,6 +78,7 @@
 #define VIRTIO_PCI_CAP_NOTIFY_CFG 2
 #define VIRTIO_PCI_CAP_ISR_CFG 3
 #define VIRTIO_PCI_CAP_DEVICE_CFG 4
+#define VIRTIO_PCI_CAP_PCI_CFG 5
 
 struct virtio_dev;
 
@@ -123,8 +125,9 @@ struct virtio_dev {
 	uint16_t queue_sel;
 	uint16_t config_vector;
 	struct virtio_queue queues[VIRTIO_MAX_QUEUES];
-	uint8_t isr; /* atomic: bit 0 queue, bit 1 config */
-	bool broken; /* atomic: a queue broke; NEEDS_RESET shows in status */
+	uint8_t isr;	     /* atomic: bit 0 queue, bit 1 config */
+	bool broken;	     /* atomic: a queue broke; NEEDS_RESET shows in status */
+	uint8_t pci_cfg_cap; /* config offset of the VIRTIO_PCI_CAP_PCI_CFG window */
 
 	/* The I/O thread. */
 	pthread_t thread;

@@ -355,6 +355,37 @@ static void test_config_and_features(void **state)
 	assert_int_equal(mr(f, f->common + VIRTIO_PCI_COMMON_MSIX, 2), VIRTIO_MSI_NO_VECTOR);
 }
 
+static void test_pci_cfg_window(void **state)
+{
+	struct fix *f = *state;
+	unsigned dev = f->slot << 3, cap = cr(f, PCI_CAPABILITY_LIST, 1);
+
+	while (cap && !(cr(f, cap, 1) == PCI_CAP_ID_VNDR && cr(f, cap + 3, 1) == 5))
+		cap = cr(f, cap + 1, 1);
+	assert_true(cap);
+	/* Read the capacity's low half through config space. */
+	pci_cfg_write(&f->vm, dev, cap + 4, 1, 0);
+	pci_cfg_write(&f->vm, dev, cap + 8, 4, VIRTIO_PCI_DEVCFG_OFF);
+	pci_cfg_write(&f->vm, dev, cap + 12, 4, 4);
+	assert_int_equal(cr(f, cap + 16, 4), DISK_SIZE / 512);
+	/* Write queue_select through it; MMIO sees the result. */
+	pci_cfg_write(&f->vm, dev, cap + 8, 4, VIRTIO_PCI_COMMON_Q_SELECT);
+	pci_cfg_write(&f->vm, dev, cap + 12, 4, 2);
+	pci_cfg_write(&f->vm, dev, cap + 16, 2, 3);
+	assert_int_equal(mr(f, f->common + VIRTIO_PCI_COMMON_Q_SELECT, 2), 3);
+	/* Bad length or a BAR that does not exist: nothing happens, reads zero/ones. */
+	pci_cfg_write(&f->vm, dev, cap + 12, 4, 3);
+	assert_int_equal(cr(f, cap + 16, 4), 0);
+	pci_cfg_write(&f->vm, dev, cap + 12, 4, 4);
+	assert_int_equal(cr(f, cap + 16, 4), 0); /* offset 0x16 not aligned to 4 */
+	pci_cfg_write(&f->vm, dev, cap + 8, 4, 0);
+	pci_cfg_write(&f->vm, dev, cap + 4, 1, 5);
+	assert_int_equal(cr(f, cap + 16, 4), 0xffffffffu);
+	pci_cfg_write(&f->vm, dev, cap + 8, 4, 0x7ffffffc);
+	pci_cfg_write(&f->vm, dev, cap + 4, 1, 0);
+	assert_int_equal(cr(f, cap + 16, 4), 0xffffffffu);
+}
+
 static void test_feature_negotiation(void **state)
 {
 	struct fix *f = *state;
@@ -647,6 +678,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_config_and_features, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_feature_negotiation, setup_rw, teardown),
+	    cmocka_unit_test_setup_teardown(test_pci_cfg_window, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_read_write, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_requests, setup_rw, teardown),
 	    cmocka_unit_test_setup_teardown(test_batch, setup_rw, teardown),
