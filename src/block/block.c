@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/blk_int.h"
@@ -37,12 +38,18 @@ int blk_open_depth(const char *spec, const char *fmt, bool readonly, int depth,
 		   struct blockdev **out)
 {
 	struct blockdev *bd = NULL;
+	struct stat st;
 	int r;
 
 	if (depth > BLK_MAX_CHAIN_DEPTH) {
 		pr_err("%s: backing chain deeper than %d images (a loop?)", spec,
 		       BLK_MAX_CHAIN_DEPTH);
 		return -ELOOP;
+	}
+	/* FIFOs and character devices would block or stream: only files and disks. */
+	if (stat(spec, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		pr_err("%s: not a regular file or block device", spec);
+		return -EINVAL;
 	}
 	if (!fmt) {
 		r = blk_probe(spec, &fmt);

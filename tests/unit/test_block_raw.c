@@ -108,9 +108,14 @@ static void test_zeroes_discard_readonly(void **state)
 static void test_open_errors(void **state)
 {
 	struct blockdev *bd = NULL;
+	char *path;
 
 	assert_int_equal(blk_open("/nonexistent/tern/disk.img", false, &bd), -ENOENT);
-	assert_int_equal(blk_open_fmt("/dev/null", "vmdk", true, &bd), -EINVAL);
+	assert_int_equal(blk_open_fmt("/dev/null", "raw", true, &bd), -EINVAL);
+	path = make_file(4096);
+	assert_int_equal(blk_open_fmt(path, "vmdk", true, &bd), -EINVAL);
+	unlink(path);
+	free(path);
 }
 
 int main(void)

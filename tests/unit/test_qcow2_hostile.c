@@ -342,6 +342,10 @@ static void test_missing_backing(void **state)
 
 	assert_int_equal(qcow2_create(p, &o), 0);
 	assert_int_equal(open_q(p, true), -ENOENT);
+	/* a character device as backing file would stream forever: refused */
+	o.backing = "/dev/zero";
+	assert_int_equal(qcow2_create(p, &o), 0);
+	assert_int_equal(open_q(p, true), -EINVAL);
 	free(p);
 }
 
