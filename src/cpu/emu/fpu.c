@@ -821,6 +821,9 @@ static void do_fst(struct emu_cpu *c, const struct emu_insn *i)
 		store_conv(k, st_get(f, 0), trunc, &out, &e);
 		if (!x87_commit(f, e.sw, FSW_C1))
 			return;
+		/* Unmasked overflow/underflow (or invalid, for integers) leaves memory alone. */
+		if (k != XM_ST && (e.sw & ~f->fcw & (FSW_IE | FSW_OE | FSW_UE)))
+			return;
 	}
 	if (k == XM_ST)
 		st_set(f, st_index(c, &i->op[0]), out.st);
