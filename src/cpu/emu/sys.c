@@ -360,6 +360,7 @@ static void do_init(struct emu_cpu *c)
 		return;
 	c->sys.wait_sipi = true;
 	c->sys.halted = false;
+	sys_set_pending(c);
 	c->sys.nmi_pending = false;
 	c->sys.nmi_blocked = false;
 }
@@ -587,6 +588,8 @@ int emu_sys_cpu_init(struct emu_cpu *c)
 	emu_apic_reset(c);
 	/* APs wait for INIT/SIPI; the VMM may instead set their state directly. */
 	s->wait_sipi = c->id != 0;
+	/* The run loop must see wait_sipi before it fetches anything. */
+	s->pending_irq = s->wait_sipi;
 	return 0;
 }
 
