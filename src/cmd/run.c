@@ -22,25 +22,11 @@
 #include "arch/x86/machine.h"
 #include "cmd/cmd.h"
 #include "cpu/cpu.h"
+#include "hw/pci.h"
 #include "hw/serial.h"
 #include "util/log.h"
-#include "vmm/vm.h"
-
-/*
- * Optional parts, compiled in once their sources exist in the tree, so this
- * file builds while they are being written.
- */
-#if __has_include("hw/pci.h")
-#include "hw/pci.h"
-#define HAVE_PCI 1
-#endif
-#if __has_include("virtio/virtio.h")
 #include "virtio/virtio.h"
-#define HAVE_VIRTIO 1
-#endif
-#if __has_include("cpu/emu/backend.c")
-#define HAVE_EMU 1
-#endif
+#include "vmm/vm.h"
 
 #define EXIT_USAGE 2
 #define EXIT_GUEST_FAILED 3 /* panic, reboot, triple fault, no status reported */
@@ -364,15 +350,7 @@ static const struct cpu_backend *pick_backend(const char *accel)
 
 	if (!strcmp(accel, "auto"))
 		want_kvm = cpu_kvm_has_hw_virt();
-#ifdef HAVE_EMU
-	if (!want_kvm)
-		return &cpu_backend_emu;
-#else
-	if (!want_kvm)
-		pr_warn("this build has no emulator backend yet; using KVM, which may not "
-			"boot Linux on this host");
-#endif
-	return &cpu_backend_kvm;
+	return want_kvm ? &cpu_backend_kvm : &cpu_backend_emu;
 }
 
 /* ---- console: stdin -> serial, Ctrl-A escape, signals, output flushing ---------- */
@@ -533,25 +511,20 @@ static void console_stop(struct console *c)
 
 static int add_devices(struct vm *vm, const struct run_opts *o)
 {
-	int err = 0;
+	int err = pci_init(vm);
 
-#ifdef HAVE_PCI
-	err = pci_init(vm);
 	if (err) {
 		pr_err("PCI: %s", strerror(-err));
 		return err;
 	}
-#endif
-#ifdef HAVE_VIRTIO
 	err = virtio_rng_add(vm);
-	for (int i = 0; !err && i < o->ndisks; i++)
+	if (err)
+		pr_err("virtio-rng: %s", strerror(-err));
+	for (int i = 0; !err && i < o->ndisks; i++) {
 		err = virtio_blk_add(vm, o->disks[i].path, o->disks[i].readonly);
-#else
-	if (o->ndisks) {
-		pr_err("--disk: this build has no virtio-blk yet");
-		err = -ENOTSUP;
+		if (err)
+			pr_err("--disk %s: %s", o->disks[i].path, strerror(-err));
 	}
-#endif
 	return err;
 }
 
