@@ -11,6 +11,7 @@ static const struct {
 } commands[] = {
 	{"run", cmd_run, "boot a guest (default: the built default guest)"},
 	{"img", cmd_img, "create, inspect and convert disk images (raw, qcow2)"},
+	{"ctl", cmd_ctl, "control a running VM through its API socket"},
 };
 
 static void usage(FILE *f)

@@ -5,5 +5,6 @@
 /* Each returns the process exit status. argv[0] is the subcommand name. */
 int cmd_run(int argc, char **argv);
 int cmd_img(int argc, char **argv);
+int cmd_ctl(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@
 
 struct vm;
 struct pci_bus;
+struct dev_stats;
 
 /* vCPU life: created -> running <-> paused -> stopped. Driven by vm_* calls, not signals. */
 enum vcpu_run_state { VCPU_CREATED, VCPU_RUNNING, VCPU_PAUSED, VCPU_STOPPED };
@@ -63,6 +64,8 @@ struct device_ops {
 	int (*restore)(void *dev, const void *data, uint64_t len);
 	void (*reset)(void *dev);
 	void (*destroy)(void *dev);
+	/* Optional: report counters for GET /vm/stats (api/stats.h); called from the API thread. */
+	void (*stats)(void *dev, struct dev_stats *st);
 };
 
 struct device {

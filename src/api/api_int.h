@@ -1,0 +1,38 @@
+/* Internals of the control API shared by server.c (HTTP) and vm_api.c (endpoints). */
+#ifndef TERN_API_API_INT_H
+#define TERN_API_API_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "api/api.h"
+
+struct MHD_Daemon;
+
+struct api {
+	struct vm *vm;
+	char *path;    /* the socket file, removed by api_stop() */
+	int listen_fd; /* owned by the daemon once it started */
+	struct MHD_Daemon *mhd;
+	pthread_mutex_t action_lock; /* one pause/resume/shutdown at a time */
+	struct timespec t_start;     /* CLOCK_MONOTONIC at api_start(): the uptime base */
+	uint64_t nrequests, nerrors; /* atomics: requests answered, of which 4xx/5xx */
+};
+
+/*
+ * Route one complete request. body is len bytes (not NUL-terminated, may be
+ * empty). Returns the HTTP status and sets *out to the JSON body to send (the
+ * caller puts it); for 405 *allow names the methods the path takes.
+ */
+int api_dispatch(struct api *api, const char *method, const char *url, const char *body, size_t len,
+		 struct json_object **out, const char **allow);
+
+/* Set *out to {"error": "<message>"} and return status. */
+int api_error(struct json_object **out, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

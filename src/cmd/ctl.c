@@ -1,0 +1,183 @@
+/*
+ * tern ctl: talk to a running tern's control API (tern run --api-socket PATH)
+ * and print the JSON answer. See docs/api.md for the endpoints behind each verb.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "api/client.h"
+#include "cmd/cmd.h"
+
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+#define DEFAULT_TIMEOUT_S 30
+
+struct verb {
+	const char *name;
+	const char *method;
+	const char *path;
+	int nargs; /* extra arguments the verb takes */
+	const char *help;
+};
+
+static const struct verb verbs[] = {
+    {"info", "GET", "/vm", 0, "state, vCPUs, memory, backend, uptime"},
+    {"stats", "GET", "/vm/stats", 0, "exit counts per vCPU, memory, device counters"},
+    {"pause", "PUT", "/vm/pause", 0, "park every vCPU and pause the devices"},
+    {"resume", "PUT", "/vm/resume", 0, "run a paused VM again"},
+    {"shutdown", "PUT", "/vm/shutdown", 0, "stop the VM (tern run then exits)"},
+    {"version", "GET", "/version", 0, "the API version the server speaks"},
+    {"snapshot", "PUT", "/vm/snapshot", 1, "FILE: save the VM (not implemented yet)"},
+    {"clone", "PUT", "/vm/clone", 0, "fork the running VM (not implemented yet)"},
+    {"request", NULL, NULL, 2, "METHOD PATH [JSON]: any request, e.g. GET /vm"},
+};
+
+static void ctl_usage(FILE *f)
+{
+	fprintf(f, "usage: tern ctl [--timeout SECONDS] SOCKET VERB [ARGS]\n\n"
+		   "Send one request to the control API of 'tern run --api-socket SOCKET'\n"
+		   "and print its JSON answer. Exits 0 on success, 1 when the request\n"
+		   "failed (the server's error is printed), 2 on bad usage.\n\nverbs:\n");
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
+	fprintf(f,
+		"\noptions:\n"
+		"  --timeout SECONDS  give up on a silent server after this long (default %d)\n"
+		"  -h, --help         this text\n",
+		DEFAULT_TIMEOUT_S);
+}
+
+/* Pretty-print a JSON body; anything else is printed as it came. */
+static void print_body(FILE *f, const struct http_resp *r)
+{
+	struct json_object *obj = json_tokener_parse(r->body);
+
+	if (obj)
+		fprintf(f, "%s\n",
+			json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PRETTY |
+								JSON_C_TO_STRING_SPACED));
+	else if (r->len)
+		fprintf(f, "%s%s", r->body, r->body[r->len - 1] == '\n' ? "" : "\n");
+	json_object_put(obj);
+}
+
+static void print_error(const struct http_resp *r)
+{
+	struct json_object *obj = json_tokener_parse(r->body), *msg;
+
+	if (obj && json_object_object_get_ex(obj, "error", &msg))
+		fprintf(stderr, "tern ctl: HTTP %d: %s\n", r->status, json_object_get_string(msg));
+	else
+		fprintf(stderr, "tern ctl: HTTP %d: %.200s\n", r->status, r->body);
+	json_object_put(obj);
+}
+
+static int send_and_print(const char *sock, const char *method, const char *path, const char *body,
+			  int timeout_s)
+{
+	struct http_resp r;
+	int err = http_unix_request(sock, method, path, body, timeout_s * 1000, &r);
+
+	if (err) {
+		fprintf(stderr, "tern ctl: %s %s on %s: %s\n", method, path, sock,
+			err == -ETIMEDOUT ? "no answer (timed out)" : strerror(-err));
+		return EXIT_FAILED;
+	}
+	if (r.status >= 300) {
+		print_error(&r);
+		http_resp_free(&r);
+		return EXIT_FAILED;
+	}
+	print_body(stdout, &r);
+	http_resp_free(&r);
+	return 0;
+}
+
+static const struct verb *find_verb(const char *name)
+{
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		if (!strcmp(name, verbs[i].name))
+			return &verbs[i];
+	return NULL;
+}
+
+/* Build the request of verb v from its arguments and send it. */
+static int run_verb(const char *sock, const struct verb *v, int argc, char **argv, int timeout_s)
+{
+	struct json_object *body;
+	int rc;
+
+	if (!strcmp(v->name, "request")) {
+		if (argc < 2 || argc > 3) {
+			fprintf(stderr, "tern ctl: usage: request METHOD PATH [JSON]\n");
+			return EXIT_USAGE;
+		}
+		if (argv[1][0] != '/') {
+			fprintf(stderr, "tern ctl: the path must start with '/'\n");
+			return EXIT_USAGE;
+		}
+		return send_and_print(sock, argv[0], argv[1], argc == 3 ? argv[2] : NULL,
+				      timeout_s);
+	}
+	if (argc != v->nargs) {
+		fprintf(stderr, "tern ctl: '%s' takes %d argument(s); see 'tern ctl --help'\n",
+			v->name, v->nargs);
+		return EXIT_USAGE;
+	}
+	if (!v->nargs)
+		return send_and_print(sock, v->method, v->path, NULL, timeout_s);
+	/* snapshot FILE: let json-c quote the path. */
+	body = json_object_new_object();
+	if (!body)
+		return EXIT_FAILED;
+	json_object_object_add(body, "path", json_object_new_string(argv[0]));
+	rc = send_and_print(sock, v->method, v->path, json_object_to_json_string(body), timeout_s);
+	json_object_put(body);
+	return rc;
+}
+
+int cmd_ctl(int argc, char **argv)
+{
+	static const struct option opts[] = {{"timeout", required_argument, NULL, 't'},
+					     {"help", no_argument, NULL, 'h'},
+					     {NULL, 0, NULL, 0}};
+	const struct verb *v;
+	int timeout_s = DEFAULT_TIMEOUT_S, c;
+	char *end;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+ht:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			ctl_usage(stdout);
+			return 0;
+		case 't':
+			errno = 0;
+			timeout_s = (int)strtol(optarg, &end, 10);
+			if (errno || *end || timeout_s < 1 || timeout_s > 3600) {
+				fprintf(stderr, "tern ctl: --timeout wants 1..3600 seconds\n");
+				return EXIT_USAGE;
+			}
+			break;
+		default:
+			ctl_usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind < 2) {
+		ctl_usage(stderr);
+		return EXIT_USAGE;
+	}
+	v = find_verb(argv[optind + 1]);
+	if (!v) {
+		fprintf(stderr, "tern ctl: unknown verb '%s'; see 'tern ctl --help'\n",
+			argv[optind + 1]);
+		return EXIT_USAGE;
+	}
+	return run_verb(argv[optind], v, argc - optind - 2, argv + optind + 2, timeout_s);
+}
