@@ -67,6 +67,7 @@ struct qcache_ent {
 
 struct qcache {
 	int n;
+	int last; /* most recent hit: sequential I/O stays in one table */
 	uint64_t tick;
 	struct qcache_ent *e;
 };
@@ -276,9 +277,17 @@ static int cache_get(struct qcow2_dev *q, struct qcache *c, uint64_t off, bool f
 	struct qcache_ent *victim = &c->e[0];
 	int r;
 
+	if (c->e[c->last].off == off && off && !fresh) {
+		c->e[c->last].lru = ++c->tick;
+		*out = c->e[c->last].data;
+		return 0;
+	}
 	for (int i = 0; i < c->n; i++) {
 		if (c->e[i].off == off) {
 			c->e[i].lru = ++c->tick;
+			c->last = i;
+			if (fresh)
+				memset(c->e[i].data, 0, q->cs);
 			*out = c->e[i].data;
 			return 0;
 		}
@@ -301,6 +310,7 @@ static int cache_get(struct qcow2_dev *q, struct qcache *c, uint64_t off, bool f
 	victim->off = off;
 	victim->dirty = false;
 	victim->lru = ++c->tick;
+	c->last = (int)(victim - c->e);
 	*out = victim->data;
 	return 0;
 }
@@ -956,15 +966,20 @@ static int qcow2_do_read(struct qcow2_dev *q, const struct iovec *iov, int iovcn
 static int qcow2_preadv(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off)
 {
 	struct qcow2_dev *q = to_q(bd);
-	struct iovec *tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
+	struct iovec small[16], *tmp = small;
 	int r;
 
-	if (!tmp)
-		return -ENOMEM;
+	/* Scratch for slicing the request: on the stack for the common short lists. */
+	if (iovcnt >= 16) {
+		tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
+		if (!tmp)
+			return -ENOMEM;
+	}
 	pthread_mutex_lock(&q->lock);
 	r = qcow2_do_read(q, iov, iovcnt, off, tmp);
 	pthread_mutex_unlock(&q->lock);
-	free(tmp);
+	if (tmp != small)
+		free(tmp);
 	return r;
 }
 
@@ -1097,15 +1112,20 @@ static int qcow2_do_write(struct qcow2_dev *q, const struct iovec *iov, int iovc
 static int qcow2_pwritev(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off)
 {
 	struct qcow2_dev *q = to_q(bd);
-	struct iovec *tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
+	struct iovec small[16], *tmp = small;
 	int r;
 
-	if (!tmp)
-		return -ENOMEM;
+	/* Scratch for slicing the request: on the stack for the common short lists. */
+	if (iovcnt >= 16) {
+		tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
+		if (!tmp)
+			return -ENOMEM;
+	}
 	pthread_mutex_lock(&q->lock);
 	r = qcow2_do_write(q, iov, iovcnt, off, tmp);
 	pthread_mutex_unlock(&q->lock);
-	free(tmp);
+	if (tmp != small)
+		free(tmp);
 	return r;
 }
 
