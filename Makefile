@@ -30,13 +30,18 @@ $(BA)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(CPPFLAGS) -MMD -MP -c $< -o $@
 
-$(B)/libtern.a: $(OBJS)
-	@rm -f $@
-	ar rcs $@ $^
+# The archives are rebuilt when the set of sources changes (a removed file must leave them).
+SRCLIST_NOW := $(shell echo $(LIB_SRCS) | md5sum | cut -c1-12)
+$(B)/.srcs-$(SRCLIST_NOW) $(BA)/.srcs-$(SRCLIST_NOW):
+	@mkdir -p $(dir $@) && rm -f $(dir $@).srcs-* && touch $@
 
-$(BA)/libtern.a: $(AOBJS)
+$(B)/libtern.a: $(OBJS) $(B)/.srcs-$(SRCLIST_NOW)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(OBJS)
+
+$(BA)/libtern.a: $(AOBJS) $(BA)/.srcs-$(SRCLIST_NOW)
+	@rm -f $@
+	ar rcs $@ $(AOBJS)
 
 $(B)/tern: $(B)/src/main.o $(B)/libtern.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
