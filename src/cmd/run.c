@@ -36,7 +36,8 @@
 #define MAX_MEM_MIB (1024 * 1024)
 #define MAX_CPUS 64
 #define KERNEL_CMDLINE_MAX 2047
-#define DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=-1 loglevel=4 8250.nr_uarts=1"
+#define DEFAULT_CMDLINE                                                                            \
+	"console=ttyS0 reboot=k panic=-1 loglevel=4 8250.nr_uarts=1 cryptomgr.notests"
 
 struct disk_opt {
 	const char *path;
