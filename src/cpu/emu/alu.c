@@ -102,7 +102,7 @@ static inline void alu(struct emu_cpu *c, const struct emu_insn *i, enum alu_op 
 	unsigned sz = d->size;
 	uint64_t m = size_mask(sz);
 	uint64_t b = emu_op_read(c, i, 1) & m;
-	uint64_t cin = (op == A_ADC || op == A_SBB) ? emu_cond(c, 2) : 0;
+	uint64_t cin = (op == A_ADC || op == A_SBB) ? emu_cf(c) : 0;
 	bool wb = op != A_CMP && op != A_TEST;
 	uint64_t a, r;
 
@@ -168,7 +168,7 @@ static inline void unary(struct emu_cpu *c, const struct emu_insn *i, enum un_op
 	const struct emu_operand *d = &i->op[0];
 	unsigned sz = d->size;
 	uint64_t m = size_mask(sz), a, r;
-	uint64_t cf = (op == U_INC || op == U_DEC) ? emu_cond(c, 2) : 0;
+	uint64_t cf = (op == U_INC || op == U_DEC) ? emu_cf(c) : 0;
 
 	if (d->kind == EMU_OP_REG) {
 		a = reg_rd(c, d->reg, sz);
@@ -456,7 +456,7 @@ static void shift(struct emu_cpu *c, const struct emu_insn *i, enum sh_op op)
 	case S_RCL:
 	case S_RCR: {
 		unsigned n = sz == 1 ? cnt % 9 : sz == 2 ? cnt % 17 : cnt;
-		bool carry = emu_cond(c, 2);
+		bool carry = emu_cf(c);
 
 		r = a;
 		of = false;

@@ -89,6 +89,8 @@ static inline void set_lf(struct emu_cpu *c, enum lf_op op, unsigned size, uint6
 uint64_t emu_arith_flags(const struct emu_cpu *c);
 /* Condition code cc (0..15, Jcc encoding order) from the lazy flags. */
 bool emu_cond(const struct emu_cpu *c, unsigned cc);
+/* The carry flag alone. */
+bool emu_cf(const struct emu_cpu *c);
 /* Replace the arithmetic flags selected by mask with those in v. */
 void emu_set_arith(struct emu_cpu *c, uint64_t mask, uint64_t v);
 
@@ -247,6 +249,8 @@ void emu_bc_destroy(struct emu_cpu *c);
 /* The decoded block at c->rip (decodes on a miss); may raise #PF on the fetch. */
 const struct emu_block *emu_block_get(struct emu_cpu *c);
 enum emu_dmode emu_cur_dmode(const struct emu_cpu *c);
+/* Forget linear-address shortcuts to blocks (with every TLB flush). */
+void emu_bc_jc_flush(struct emu_cpu *c);
 /* A write hit a page holding decoded code: invalidate its blocks. */
 void emu_code_written(struct emu_vm *ev, uint64_t page);
 /* Handler for instructions nobody implements: #UD. */

@@ -22,11 +22,24 @@
 #define BC_HASH_SIZE (1u << BC_HASH_BITS)
 #define BC_ARENA_SIZE (32ull << 20)
 #define BLOCK_MAX_INSNS 64
+#define JC_SIZE 1024 /* linear-address jump cache entries */
 
 _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < EMU_MN_CRDR, "mnemonic flags overlap Zydis mnemonics");
 _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < 64 * EMU_UD_LOG_WORDS, "ud_logged bitmap too small");
 
+/*
+ * Jump cache: linear address -> block, skipping the fetch translation and
+ * the hash walk. Valid while the TLB is (it is cleared with it) and while the
+ * block's code generation matches.
+ */
+struct jc_entry {
+	uint64_t la;
+	const struct emu_block *b;
+	uint8_t dmode, user;
+};
+
 struct emu_block_cache {
+	struct jc_entry jc[JC_SIZE];
 	struct emu_block *hash[BC_HASH_SIZE];
 	uint8_t *arena;
 	size_t used;
@@ -363,8 +376,15 @@ static inline unsigned bc_hash(uint64_t gpa, enum emu_dmode dm)
 	return (unsigned)(h >> (64 - BC_HASH_BITS));
 }
 
+void emu_bc_jc_flush(struct emu_cpu *c)
+{
+	if (c->bc)
+		memset(c->bc->jc, 0, sizeof(c->bc->jc));
+}
+
 static void bc_flush(struct emu_block_cache *bc)
 {
+	memset(bc->jc, 0, sizeof(bc->jc));
 	memset(bc->hash, 0, sizeof(bc->hash));
 	bc->used = 0;
 }
@@ -419,16 +439,17 @@ static const struct emu_block *decode_block(struct emu_cpu *c, enum emu_dmode dm
 	return b;
 }
 
-const struct emu_block *emu_block_get(struct emu_cpu *c)
+static inline struct jc_entry *jc_slot(struct emu_block_cache *bc, uint64_t la)
 {
-	enum emu_dmode dm = emu_cur_dmode(c);
+	return &bc->jc[(la ^ (la >> 10)) & (JC_SIZE - 1)];
+}
+
+static const struct emu_block *block_lookup(struct emu_cpu *c, enum emu_dmode dm, uint64_t la)
+{
 	struct emu_vm *ev = c->vm;
-	uint64_t la, gpa_page, gpa, idx;
+	uint64_t gpa_page, gpa, idx;
 	const uint8_t *page;
 
-	c->dmode = (uint8_t)dm;
-	c->mode64 = dm == DM_64;
-	la = c->mode64 ? c->rip : (uint32_t)(c->rip + c->seg[SEG_CS].base);
 	page = mmu_page_x(c, la, &gpa_page);
 	if (!page) {
 		pr_warn_once("emu: instruction fetch from non-RAM %#llx\n",
@@ -451,4 +472,31 @@ const struct emu_block *emu_block_get(struct emu_cpu *c)
 		pp = &b->next;
 	}
 	return decode_block(c, dm, la, page, gpa, idx);
+}
+
+const struct emu_block *emu_block_get(struct emu_cpu *c)
+{
+	enum emu_dmode dm = emu_cur_dmode(c);
+	struct emu_block_cache *bc = c->bc;
+	uint8_t user = c->cpl == 3;
+	uint64_t la;
+	struct jc_entry *e;
+	const struct emu_block *b;
+
+	c->dmode = (uint8_t)dm;
+	c->mode64 = dm == DM_64;
+	la = c->mode64 ? c->rip : (uint32_t)(c->rip + c->seg[SEG_CS].base);
+	e = jc_slot(bc, la);
+	b = e->b;
+	if (likely(b && e->la == la && e->dmode == dm && e->user == user &&
+		   b->gen == __atomic_load_n(&c->vm->code_gen[b->page], __ATOMIC_ACQUIRE)))
+		return b;
+	b = block_lookup(c, dm, la);
+	if (b != &bc->scratch.b) {
+		e->la = la;
+		e->b = b;
+		e->dmode = (uint8_t)dm;
+		e->user = user;
+	}
+	return b;
 }

@@ -161,7 +161,42 @@ bool emu_cond(const struct emu_cpu *c, unsigned cc)
 		}
 		return r ^ (cc & 1);
 	}
+	if (l->op != LF_RAW) {
+		/* ZF and SF come straight from the result for every producer. */
+		if ((cc >> 1) == 2)
+			return ((l->res & m) == 0) ^ (cc & 1);
+		if ((cc >> 1) == 4)
+			return !!(l->res & sign_bit(l->size)) ^ (cc & 1);
+		if ((cc >> 1) == 1)
+			return emu_cf(c) ^ (cc & 1);
+	}
 	return cond_from_flags(emu_arith_flags(c), cc);
+}
+
+/* CF alone: ADC/SBB/INC/DEC and the carry conditions need nothing else. */
+bool emu_cf(const struct emu_cpu *c)
+{
+	const struct emu_lazyflags *l = &c->lf;
+	uint64_t m = size_mask(l->size);
+	uint64_t r = l->res & m, a = l->src1 & m, b = l->src2 & m;
+
+	switch (l->op) {
+	case LF_ADD:
+		return r < a;
+	case LF_ADC:
+		return ((r - a - b) & m) ? r <= a : r < a;
+	case LF_SUB:
+		return a < b;
+	case LF_SBB:
+		return ((a - b - r) & m) ? a <= b : a < b;
+	case LF_LOGIC:
+		return false;
+	case LF_INC:
+	case LF_DEC:
+		return l->src2 & 1;
+	default:
+		return l->res & FL_CF;
+	}
 }
 
 void emu_set_arith(struct emu_cpu *c, uint64_t mask, uint64_t v)

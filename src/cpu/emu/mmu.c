@@ -380,6 +380,7 @@ void emu_tlb_flush(struct emu_cpu *c, bool include_global)
 		for (unsigned k = 0; k < EMU_TLB_SIZE; k++)
 			if (include_global || !arr[a][k].global)
 				arr[a][k].tag = 0;
+	emu_bc_jc_flush(c);
 }
 
 /* INVLPG drops every entry that came from the mapping covering la, large pages included. */
@@ -396,4 +397,5 @@ void emu_tlb_flush_page(struct emu_cpu *c, uint64_t la)
 				e->tag = 0;
 		}
 	}
+	emu_bc_jc_flush(c);
 }
