@@ -50,7 +50,9 @@ static enum MHD_Result send_json(struct api *api, struct MHD_Connection *c, int 
 {
 	static const char oom[] = "{\"error\":\"out of memory\"}\n";
 	struct MHD_Response *resp;
-	const char *text = obj ? json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN) : NULL;
+	const char *text = obj ? json_object_to_json_string_ext(
+				     obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+			       : NULL;
 	enum MHD_Result r;
 
 	__atomic_fetch_add(&api->nrequests, 1, __ATOMIC_RELAXED);

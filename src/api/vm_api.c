@@ -51,6 +51,15 @@ static double seconds_since(const struct timespec *t0)
 	return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
+/* Seconds with millisecond precision, printed as such rather than with 17 digits. */
+static struct json_object *new_seconds(double s)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%.3f", s);
+	return json_object_new_double_s(s, buf);
+}
+
 static const char *vcpu_state_str(enum vcpu_run_state s)
 {
 	switch (s) {
@@ -130,7 +139,7 @@ static struct json_object *vm_info(struct api *api)
 	json_object_object_add(o, "vcpu_states", states);
 	add_u64(o, "memory_bytes", vm->mem.size);
 	add_u64(o, "memory_mib", vm->mem.size >> 20);
-	json_object_object_add(o, "uptime_s", json_object_new_double(seconds_since(&api->t_start)));
+	json_object_object_add(o, "uptime_s", new_seconds(seconds_since(&api->t_start)));
 	json_object_object_add(o, "api_version", json_object_new_int(API_VERSION));
 	return o;
 }
@@ -270,7 +279,7 @@ static struct json_object *vm_stats(struct api *api)
 	add_u64(apio, "requests", __atomic_load_n(&api->nrequests, __ATOMIC_RELAXED));
 	add_u64(apio, "errors", __atomic_load_n(&api->nerrors, __ATOMIC_RELAXED));
 	json_object_object_add(o, "api", apio);
-	json_object_object_add(o, "uptime_s", json_object_new_double(seconds_since(&api->t_start)));
+	json_object_object_add(o, "uptime_s", new_seconds(seconds_since(&api->t_start)));
 	return o;
 }
 

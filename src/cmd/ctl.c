@@ -60,7 +60,8 @@ static void print_body(FILE *f, const struct http_resp *r)
 	if (obj)
 		fprintf(f, "%s\n",
 			json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PRETTY |
-								JSON_C_TO_STRING_SPACED));
+								JSON_C_TO_STRING_SPACED |
+								JSON_C_TO_STRING_NOSLASHESCAPE));
 	else if (r->len)
 		fprintf(f, "%s%s", r->body, r->body[r->len - 1] == '\n' ? "" : "\n");
 	json_object_put(obj);
