@@ -11,6 +11,7 @@
  * Ports and interrupts:
  *   0x3F8-0x3FF COM1, GSI 4   console
  *   0x60, 0x64  i8042 (reset line only: guest reboot)
+ *   0x70-0x71   CMOS RTC (wall-clock time only)
  *   0xCF8-0xCFF PCI configuration mechanism #1
  *   0x4F0       exit device: a byte written here is the guest command's exit status
  *   0x600-0x60F ACPI hardware-reduced sleep control/status (poweroff), 0x602 reset
@@ -27,6 +28,7 @@
 #define COM1_GSI 4
 #define I8042_DATA_PORT 0x60
 #define I8042_CMD_PORT 0x64
+#define RTC_PORT 0x70
 #define PCI_CONFIG_PORT 0xCF8
 #define TERN_EXIT_PORT 0x4F0
 #define ACPI_SLEEP_CTL_PORT 0x600

@@ -12,6 +12,7 @@
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
 #include "hw/platform.h"
+#include "hw/rtc.h"
 #include "hw/serial.h"
 #include "util/log.h"
 #include "vmm/vm.h"
@@ -109,6 +110,8 @@ int x86_machine_setup(struct vm *vm, const struct machine_config *cfg)
 	err = serial_create(vm, COM1_PORT, COM1_GSI, cfg->console_fd, &m->com1);
 	if (!err)
 		err = platform_devices_create(vm);
+	if (!err)
+		err = rtc_create(vm);
 	if (!err)
 		err = acpi_build(&vm->mem, vm->ncpus, &m->rsdp);
 	if (!err)
