@@ -48,7 +48,7 @@ struct emu_sys_cpu {
 	uint64_t sysenter_cs, sysenter_esp, sysenter_eip;
 	uint64_t pat, misc_enable, apic_base;
 	int64_t tsc_offset;
-	uint64_t tsc_aux, spec_ctrl;
+	uint64_t tsc_aux, spec_ctrl, tsc_adjust;
 	uint64_t mtrr_def_type, mtrr_fixed[11], mtrr_var[16];
 	bool halted;
 	bool intr_shadow;     /* STI / MOV SS shadow: no interrupt before next insn */

@@ -18,6 +18,16 @@ noreturn void emu_raise(struct emu_cpu *c, int vector, uint32_t error_code)
 	longjmp(c->jmp, 1);
 }
 
+/*
+ * Defined here, next to emu_get_state() which every user of the emulator
+ * links, so that a static link always takes it over the core's weak
+ * fallback (an archive member is only pulled for a symbol still undefined).
+ */
+emu_handler emu_sys_handler(unsigned mnemonic)
+{
+	return sys_insn_handler(mnemonic);
+}
+
 void sys_set_pending(struct emu_cpu *c)
 {
 	__atomic_store_n(&c->sys.pending_irq, 1, __ATOMIC_RELEASE);

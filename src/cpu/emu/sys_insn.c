@@ -1,7 +1,7 @@
 /*
  * System instructions: control and debug registers, descriptor tables, far
  * branches, IRET, INT n, SYSCALL/SYSRET, SWAPGS, MSRs, CPUID, TSC, port I/O,
- * HLT/CLI/STI and cache/TLB maintenance. emu_sys_handler() maps Zydis
+ * HLT/CLI/STI and cache/TLB maintenance. sys_insn_handler() maps Zydis
  * mnemonics (with the core's EMU_MN_* flags) to them.
  *
  * Every handler does its checks and loads before changing architectural
@@ -833,10 +833,27 @@ static void op_rdtscp(struct emu_cpu *c, const struct emu_insn *i)
 
 /* ---- Port I/O ---- */
 
-static void io_check(struct emu_cpu *c)
+/*
+ * CPL > IOPL may still use the ports its TSS I/O permission bitmap clears
+ * (how Linux implements ioperm() and iopl()): every bit of the access must
+ * be 0 and inside the TSS limit.
+ */
+static void io_check(struct emu_cpu *c, uint16_t port, unsigned size)
 {
-	/* No I/O permission bitmap: CPL > IOPL may not touch ports. */
-	if ((c->cr0 & X_CR0_PE) && c->cpl > ((c->rflags & X_IOPL) >> 12))
+	const struct cpu_seg *tr = &c->tr;
+	uint64_t base, byte;
+	uint32_t bits;
+
+	if (!(c->cr0 & X_CR0_PE) || c->cpl <= ((c->rflags & X_IOPL) >> 12))
+		return;
+	if (tr->unusable || !tr->present || tr->limit < 0x67)
+		emu_raise(c, EMU_GP, 0);
+	base = emu_read_sys(c, tr->base + 0x66, 2);
+	byte = base + port / 8;
+	if (byte + 1 > tr->limit)
+		emu_raise(c, EMU_GP, 0);
+	bits = (uint32_t)emu_read_sys(c, tr->base + byte, 2);
+	if ((bits >> (port % 8)) & ((1u << size) - 1))
 		emu_raise(c, EMU_GP, 0);
 }
 
@@ -857,7 +874,7 @@ static void op_in(struct emu_cpu *c, const struct emu_insn *i)
 	unsigned size = i->op[0].size;
 	uint32_t v;
 
-	io_check(c);
+	io_check(c, port, size);
 	v = pio(c, port, size, 0, 0xffffffffu);
 	emu_reg_write(c, i->op[0].reg, size, size == 4 ? v : v & ((1u << (size * 8)) - 1));
 }
@@ -867,7 +884,7 @@ static void op_out(struct emu_cpu *c, const struct emu_insn *i)
 	uint16_t port = (uint16_t)emu_op_read(c, i, 0);
 	unsigned size = i->op[1].size;
 
-	io_check(c);
+	io_check(c, port, size);
 	pio(c, port, size, 1, (uint32_t)emu_op_read(c, i, 1));
 }
 
@@ -901,7 +918,7 @@ static void op_ins_outs(struct emu_cpu *c, const struct emu_insn *i)
 	uint16_t port = (uint16_t)c->gpr[2];
 	unsigned idx = in ? 7 : 6; /* RDI / RSI */
 
-	io_check(c);
+	io_check(c, port, size);
 	for (unsigned n = 0; n < 4096; n++) {
 		if (rep && !(c->gpr[1] & am))
 			return;
@@ -973,7 +990,7 @@ static void op_invlpg(struct emu_cpu *c, const struct emu_insn *i)
 	c->stop_block = true;
 }
 
-emu_handler emu_sys_handler(unsigned mnemonic)
+emu_handler sys_insn_handler(unsigned mnemonic)
 {
 	if (mnemonic & EMU_MN_FAR) {
 		switch (mnemonic & ~EMU_MN_FAR) {

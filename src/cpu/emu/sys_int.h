@@ -57,6 +57,9 @@
 /* Event kinds for sys_deliver(). */
 enum sys_event { EV_EXC, EV_EXT, EV_NMI, EV_SOFT, EV_SOFTEXC, EV_ICEBP };
 
+/* sys_insn.c: the handler for a mnemonic, or NULL. */
+emu_handler sys_insn_handler(unsigned mnemonic);
+
 /* sys.c */
 void sys_deliver(struct emu_cpu *c, unsigned vec, uint32_t err, enum sys_event kind,
 		 uint64_t ret_rip);

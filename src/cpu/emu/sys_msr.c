@@ -40,7 +40,13 @@ uint64_t emu_rdtsc(struct emu_cpu *c)
 	 (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26))
 /* Leaf 1 ECX: CX16, POPCNT, TSC-deadline, hypervisor. */
 #define F1_ECX ((1u << 13) | (1u << 23) | (1u << 24) | (1u << 31))
-/* Leaf 7 EDX: IA32_ARCH_CAPABILITIES. */
+/*
+ * Leaf 7 EBX: IA32_TSC_ADJUST. With an invariant TSC it makes Linux trust
+ * the TSC without a clocksource watchdog, which would otherwise compare it
+ * against jiffies that an emulated guest cannot keep exact.
+ * EDX: IA32_ARCH_CAPABILITIES.
+ */
+#define F7_EBX (1u << 1)
 #define F7_EDX (1u << 29)
 /* 0x80000001 ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, RDTSCP, LM. */
 #define F81_ECX (1u << 0)
@@ -86,8 +92,10 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 		out[0] = 1u << 2; /* ARAT: the APIC timer keeps running in idle */
 		break;
 	case 7:
-		if (sub == 0)
+		if (sub == 0) {
+			out[1] = F7_EBX;
 			out[3] = F7_EDX;
+		}
 		break;
 	case 0x15:
 		out[0] = 1;
@@ -129,6 +137,7 @@ enum {
 	MSR_PLATFORM_ID = 0x17,
 	MSR_APIC_BASE = 0x1b,
 	MSR_FEATURE_CONTROL = 0x3a,
+	MSR_TSC_ADJUST = 0x3b,
 	MSR_SPEC_CTRL = 0x48,
 	MSR_PRED_CMD = 0x49,
 	MSR_UCODE_REV = 0x8b,
@@ -196,6 +205,9 @@ bool emu_msr_read(struct emu_cpu *c, uint32_t idx, uint64_t *v)
 		break;
 	case MSR_FEATURE_CONTROL:
 		*v = 1; /* locked, VMX off */
+		break;
+	case MSR_TSC_ADJUST:
+		*v = s->tsc_adjust;
 		break;
 	case MSR_SPEC_CTRL:
 		*v = s->spec_ctrl;
@@ -302,11 +314,21 @@ bool emu_msr_write(struct emu_cpu *c, uint32_t idx, uint64_t v)
 		return true;
 	}
 	switch (idx) {
-	case MSR_TSC:
+	case MSR_TSC_ADJUST:
+		/* Moves the TSC by the difference, as writing IA32_TSC moves the adjust. */
+		s->tsc_offset += (int64_t)(v - s->tsc_adjust);
+		s->tsc_adjust = v;
+		emu_apic_set_deadline(c, emu_apic_get_deadline(c));
+		return true;
+	case MSR_TSC: {
+		int64_t old = s->tsc_offset;
+
 		s->tsc_offset = (int64_t)(v - (emu_now_ns() - c->vm->sys.time_base));
+		s->tsc_adjust += (uint64_t)(s->tsc_offset - old);
 		/* A moved TSC moves the deadline's host time. */
 		emu_apic_set_deadline(c, emu_apic_get_deadline(c));
 		return true;
+	}
 	case MSR_APIC_BASE:
 		/* No x2APIC (bit 10); keep the BSP flag; the base must stay page aligned. */
 		if (v & ((1ull << 10) | 0x6ff | ~0xffffffffffull))
