@@ -101,7 +101,7 @@ static inline void alu(struct emu_cpu *c, const struct emu_insn *i, enum alu_op 
 	const struct emu_operand *d = &i->op[0];
 	unsigned sz = d->size;
 	uint64_t m = size_mask(sz);
-	uint64_t b = emu_op_read(c, i, 1) & m;
+	uint64_t b = op_rd(c, i, 1) & m;
 	uint64_t cin = (op == A_ADC || op == A_SBB) ? emu_cf(c) : 0;
 	bool wb = op != A_CMP && op != A_TEST;
 	uint64_t a, r;
@@ -112,7 +112,7 @@ static inline void alu(struct emu_cpu *c, const struct emu_insn *i, enum alu_op 
 		if (wb)
 			reg_wr(c, d->reg, sz, r);
 	} else {
-		uint64_t la = emu_ea(c, d);
+		uint64_t la = ea_la(c, d);
 		void *p;
 
 		if ((i->pfx & EMU_PFX_LOCK) && wb && (p = emu_host_ptr_rw(c, la, sz))) {
@@ -175,7 +175,7 @@ static inline void unary(struct emu_cpu *c, const struct emu_insn *i, enum un_op
 		r = un_calc(op, a) & m;
 		reg_wr(c, d->reg, sz, r);
 	} else {
-		uint64_t la = emu_ea(c, d);
+		uint64_t la = ea_la(c, d);
 		void *p;
 
 		if ((i->pfx & EMU_PFX_LOCK) && (p = emu_host_ptr_rw(c, la, sz))) {
@@ -238,7 +238,7 @@ static void mul_flags(struct emu_cpu *c, unsigned sz, uint64_t lo, bool ovf)
 static void h_mul(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	uint64_t b = emu_op_read(c, i, 0);
+	uint64_t b = op_rd(c, i, 0);
 	uint64_t m = size_mask(sz);
 
 	if (sz == 1) {
@@ -260,7 +260,7 @@ static void h_mul(struct emu_cpu *c, const struct emu_insn *i)
 static void imul1(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	int64_t b = sext(emu_op_read(c, i, 0), sz);
+	int64_t b = sext(op_rd(c, i, 0), sz);
 	int64_t a = sext(c->gpr[0], sz);
 	__int128 r = (__int128)a * b;
 	uint64_t m = size_mask(sz), lo = (uint64_t)r & m;
@@ -283,9 +283,8 @@ static void h_imul(struct emu_cpu *c, const struct emu_insn *i)
 	}
 	unsigned sz = i->op[0].size;
 	int src = i->nops == 3 ? 1 : 0, src2 = i->nops == 3 ? 2 : 1;
-	int64_t a = sext(emu_op_read(c, i, src), sz);
-	int64_t b =
-	    i->op[src2].kind == EMU_OP_IMM ? i->op[src2].disp : sext(emu_op_read(c, i, src2), sz);
+	int64_t a = sext(op_rd(c, i, src), sz);
+	int64_t b = i->op[src2].kind == EMU_OP_IMM ? i->op[src2].disp : sext(op_rd(c, i, src2), sz);
 	__int128 r = (__int128)a * b;
 	uint64_t lo = (uint64_t)r & size_mask(sz);
 
@@ -297,7 +296,7 @@ static void h_imul(struct emu_cpu *c, const struct emu_insn *i)
 static void h_div(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	uint64_t d = emu_op_read(c, i, 0), m = size_mask(sz);
+	uint64_t d = op_rd(c, i, 0), m = size_mask(sz);
 	unsigned __int128 n;
 
 	if (d == 0)
@@ -323,7 +322,7 @@ static void h_div(struct emu_cpu *c, const struct emu_insn *i)
 static void h_idiv(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	int64_t d = sext(emu_op_read(c, i, 0), sz);
+	int64_t d = sext(op_rd(c, i, 0), sz);
 	uint64_t m = size_mask(sz);
 	__int128 n;
 
@@ -366,7 +365,7 @@ static uint64_t rmw_read(struct emu_cpu *c, const struct emu_operand *d, struct 
 	w->mem = d->kind == EMU_OP_MEM;
 	if (!w->mem)
 		return reg_rd(c, d->reg, d->size);
-	w->la = emu_ea(c, d);
+	w->la = ea_la(c, d);
 	return mem_rd(c, w->la, d->size);
 }
 
@@ -402,7 +401,7 @@ static void shift(struct emu_cpu *c, const struct emu_insn *i, enum sh_op op)
 	const struct emu_operand *d = &i->op[0];
 	unsigned sz = d->size, bits = sz * 8;
 	uint64_t m = size_mask(sz), sb = sign_bit(sz);
-	unsigned cnt = (unsigned)emu_op_read(c, i, 1) & (sz == 8 ? 63 : 31);
+	unsigned cnt = (unsigned)op_rd(c, i, 1) & (sz == 8 ? 63 : 31);
 	struct rmw w;
 	uint64_t a = rmw_read(c, d, &w), r;
 	bool cf, of;
@@ -504,7 +503,7 @@ static void shxd(struct emu_cpu *c, const struct emu_insn *i, bool left)
 	const struct emu_operand *d = &i->op[0];
 	unsigned sz = d->size, bits = sz * 8;
 	uint64_t m = size_mask(sz), sb = sign_bit(sz);
-	unsigned cnt = (unsigned)emu_op_read(c, i, 2) & (sz == 8 ? 63 : 31);
+	unsigned cnt = (unsigned)op_rd(c, i, 2) & (sz == 8 ? 63 : 31);
 	uint64_t src = reg_rd(c, i->op[1].reg, sz);
 	struct rmw w;
 	uint64_t a = rmw_read(c, d, &w), r;
@@ -548,13 +547,13 @@ static void bittest(struct emu_cpu *c, const struct emu_insn *i, enum bt_op op)
 {
 	const struct emu_operand *d = &i->op[0];
 	unsigned sz = d->size, bits = sz * 8;
-	uint64_t off = emu_op_read(c, i, 1), a, r, bit;
+	uint64_t off = op_rd(c, i, 1), a, r, bit;
 
 	if (d->kind == EMU_OP_REG) {
 		bit = 1ull << (off & (bits - 1));
 		a = reg_rd(c, d->reg, sz);
 	} else {
-		uint64_t la = emu_ea(c, d);
+		uint64_t la = ea_la(c, d);
 		void *p;
 
 		/* A register bit offset is signed and may address far outside the operand. */
@@ -615,7 +614,7 @@ static void h_btc(struct emu_cpu *c, const struct emu_insn *i)
 static void bitscan(struct emu_cpu *c, const struct emu_insn *i, bool reverse)
 {
 	unsigned sz = i->op[0].size;
-	uint64_t v = emu_op_read(c, i, 1);
+	uint64_t v = op_rd(c, i, 1);
 
 	if (v == 0) {
 		emu_set_arith(c, FL_ARITH, FL_ZF);
@@ -642,7 +641,7 @@ static void h_bsr(struct emu_cpu *c, const struct emu_insn *i)
 static void h_tzcnt(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	uint64_t v = emu_op_read(c, i, 1);
+	uint64_t v = op_rd(c, i, 1);
 	uint64_t r = v ? (unsigned)__builtin_ctzll(v) : sz * 8;
 
 	reg_wr(c, i->op[0].reg, sz, r);
@@ -652,7 +651,7 @@ static void h_tzcnt(struct emu_cpu *c, const struct emu_insn *i)
 static void h_lzcnt(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unsigned sz = i->op[0].size;
-	uint64_t v = emu_op_read(c, i, 1);
+	uint64_t v = op_rd(c, i, 1);
 	uint64_t r = v ? (unsigned)__builtin_clzll(v) - (64 - sz * 8) : sz * 8;
 
 	reg_wr(c, i->op[0].reg, sz, r);
@@ -661,7 +660,7 @@ static void h_lzcnt(struct emu_cpu *c, const struct emu_insn *i)
 
 static void h_popcnt(struct emu_cpu *c, const struct emu_insn *i)
 {
-	uint64_t v = emu_op_read(c, i, 1);
+	uint64_t v = op_rd(c, i, 1);
 
 	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)__builtin_popcountll(v));
 	emu_set_arith(c, FL_ARITH, v == 0 ? FL_ZF : 0);
@@ -681,7 +680,7 @@ static void h_xadd(struct emu_cpu *c, const struct emu_insn *i)
 		reg_wr(c, i->op[1].reg, sz, a);
 		reg_wr(c, d->reg, sz, r);
 	} else {
-		uint64_t la = emu_ea(c, d);
+		uint64_t la = ea_la(c, d);
 		void *p = (i->pfx & EMU_PFX_LOCK) ? emu_host_ptr_rw(c, la, sz) : NULL;
 
 		if (p) {
@@ -711,7 +710,7 @@ static void h_cmpxchg(struct emu_cpu *c, const struct emu_insn *i)
 		if (eq)
 			reg_wr(c, d->reg, sz, src);
 	} else {
-		uint64_t la = emu_ea(c, d);
+		uint64_t la = ea_la(c, d);
 		void *p = emu_host_ptr_rw(c, la, sz);
 
 		if (p) {
@@ -731,7 +730,7 @@ static void h_cmpxchg(struct emu_cpu *c, const struct emu_insn *i)
 
 static void h_cmpxchg8b(struct emu_cpu *c, const struct emu_insn *i)
 {
-	uint64_t la = emu_ea(c, &i->op[0]);
+	uint64_t la = ea_la(c, &i->op[0]);
 	uint64_t exp = (c->gpr[0] & 0xffffffff) | (c->gpr[2] << 32);
 	uint64_t des = (c->gpr[3] & 0xffffffff) | (c->gpr[1] << 32);
 	void *p = emu_host_ptr_rw(c, la, 8);
@@ -754,7 +753,7 @@ static void h_cmpxchg8b(struct emu_cpu *c, const struct emu_insn *i)
 
 static void h_cmpxchg16b(struct emu_cpu *c, const struct emu_insn *i)
 {
-	uint64_t la = emu_ea(c, &i->op[0]);
+	uint64_t la = ea_la(c, &i->op[0]);
 	uint64_t lo = c->gpr[0], hi = c->gpr[2];
 	bool eq;
 

@@ -199,6 +199,60 @@ static inline void reg_wr(struct emu_cpu *c, unsigned reg, unsigned size, uint64
 	emu_reg_write(c, reg, size, v);
 }
 
+/* Linear address of seg:off for implicit operands (string ops, stack). */
+static inline uint64_t seg_la(const struct emu_cpu *c, unsigned seg, uint64_t off)
+{
+	if (likely(c->mode64))
+		return seg >= SEG_FS && seg != SEG_NONE ? off + c->seg[seg].base : off;
+	return (uint32_t)(off + c->seg[seg].base);
+}
+
+/* Effective address (offset within the segment), masked to the address size. */
+static inline uint64_t ea_off(const struct emu_cpu *c, const struct emu_operand *o)
+{
+	uint64_t a = (uint64_t)o->disp;
+
+	if (o->base != EMU_R_NONE)
+		a += o->base == EMU_R_RIP ? c->next_rip : c->gpr[o->base];
+	if (o->index != EMU_R_NONE)
+		a += c->gpr[o->index] * o->scale;
+	return a & size_mask(o->asize);
+}
+
+static inline uint64_t ea_la(const struct emu_cpu *c, const struct emu_operand *o)
+{
+	return seg_la(c, o->seg, ea_off(c, o));
+}
+
+/* Inline forms of emu_op_read()/emu_op_write() for the core's handlers. */
+static inline uint64_t op_rd(struct emu_cpu *c, const struct emu_insn *i, int n)
+{
+	const struct emu_operand *o = &i->op[n];
+
+	switch (o->kind) {
+	case EMU_OP_REG:
+		return reg_rd(c, o->reg, o->size);
+	case EMU_OP_MEM:
+		return mem_rd(c, ea_la(c, o), o->size);
+	case EMU_OP_IMM:
+		return (uint64_t)o->disp & size_mask(o->size);
+	case EMU_OP_REL:
+		return c->next_rip + (uint64_t)o->disp;
+	default:
+		return 0;
+	}
+}
+
+static inline void op_wr(struct emu_cpu *c, const struct emu_insn *i, int n, uint64_t v)
+{
+	const struct emu_operand *o = &i->op[n];
+
+	if (o->kind == EMU_OP_REG)
+		reg_wr(c, o->reg, o->size, v);
+	else if (o->kind == EMU_OP_MEM)
+		mem_wr(c, ea_la(c, o), o->size, v);
+}
+
 /* Address-size-masked register (RSI/RDI/RCX for string ops, LOOP). */
 static inline uint64_t areg(const struct emu_cpu *c, const struct emu_insn *i, unsigned reg)
 {
@@ -213,14 +267,6 @@ static inline void areg_set(struct emu_cpu *c, const struct emu_insn *i, unsigne
 		c->gpr[reg] = (uint32_t)v;
 	else
 		c->gpr[reg] = (c->gpr[reg] & ~0xffffull) | (uint16_t)v;
-}
-
-/* Linear address of seg:off for implicit operands (string ops, stack). */
-static inline uint64_t seg_la(const struct emu_cpu *c, unsigned seg, uint64_t off)
-{
-	if (likely(c->mode64))
-		return seg >= SEG_FS && seg != SEG_NONE ? off + c->seg[seg].base : off;
-	return (uint32_t)(off + c->seg[seg].base);
 }
 
 /* Stack (exec.c): width from the mode and SS.B. */

@@ -255,49 +255,19 @@ void emu_reg_write(struct emu_cpu *c, unsigned reg, unsigned size, uint64_t v)
 	emu_raise(c, EMU_UD, EMU_NO_ERR);
 }
 
-/* Effective address (offset within the segment), masked to the address size. */
-static inline uint64_t ea_off(const struct emu_cpu *c, const struct emu_operand *o)
-{
-	uint64_t a = (uint64_t)o->disp;
-
-	if (o->base != EMU_R_NONE)
-		a += o->base == EMU_R_RIP ? c->next_rip : c->gpr[o->base];
-	if (o->index != EMU_R_NONE)
-		a += c->gpr[o->index] * o->scale;
-	return a & size_mask(o->asize);
-}
-
 uint64_t emu_ea(struct emu_cpu *c, const struct emu_operand *o)
 {
-	return seg_la(c, o->seg, ea_off(c, o));
+	return ea_la(c, o);
 }
 
 uint64_t emu_op_read(struct emu_cpu *c, const struct emu_insn *i, int n)
 {
-	const struct emu_operand *o = &i->op[n];
-
-	switch (o->kind) {
-	case EMU_OP_REG:
-		return reg_rd(c, o->reg, o->size);
-	case EMU_OP_MEM:
-		return mem_rd(c, emu_ea(c, o), o->size);
-	case EMU_OP_IMM:
-		return (uint64_t)o->disp & size_mask(o->size);
-	case EMU_OP_REL:
-		return c->next_rip + (uint64_t)o->disp;
-	default:
-		return 0;
-	}
+	return op_rd(c, i, n);
 }
 
 void emu_op_write(struct emu_cpu *c, const struct emu_insn *i, int n, uint64_t v)
 {
-	const struct emu_operand *o = &i->op[n];
-
-	if (o->kind == EMU_OP_REG)
-		reg_wr(c, o->reg, o->size, v);
-	else if (o->kind == EMU_OP_MEM)
-		mem_wr(c, emu_ea(c, o), o->size, v);
+	op_wr(c, i, n, v);
 }
 
 /* ---- Stack ---- */
@@ -332,17 +302,17 @@ uint64_t emu_pop(struct emu_cpu *c, unsigned size)
 
 static void h_mov(struct emu_cpu *c, const struct emu_insn *i)
 {
-	emu_op_write(c, i, 0, emu_op_read(c, i, 1));
+	op_wr(c, i, 0, op_rd(c, i, 1));
 }
 
 static void h_movzx(struct emu_cpu *c, const struct emu_insn *i)
 {
-	emu_op_write(c, i, 0, emu_op_read(c, i, 1));
+	op_wr(c, i, 0, op_rd(c, i, 1));
 }
 
 static void h_movsx(struct emu_cpu *c, const struct emu_insn *i)
 {
-	emu_op_write(c, i, 0, (uint64_t)sext(emu_op_read(c, i, 1), i->op[1].size));
+	op_wr(c, i, 0, (uint64_t)sext(op_rd(c, i, 1), i->op[1].size));
 }
 
 static void h_lea(struct emu_cpu *c, const struct emu_insn *i)
@@ -358,7 +328,7 @@ static void h_xchg(struct emu_cpu *c, const struct emu_insn *i)
 	if (a->kind == EMU_OP_MEM || b->kind == EMU_OP_MEM) {
 		const struct emu_operand *m = a->kind == EMU_OP_MEM ? a : b;
 		const struct emu_operand *r = a->kind == EMU_OP_MEM ? b : a;
-		uint64_t la = emu_ea(c, m), v = reg_rd(c, r->reg, sz), old;
+		uint64_t la = ea_la(c, m), v = reg_rd(c, r->reg, sz), old;
 		void *p = emu_host_ptr_rw(c, la, sz);
 
 		/* XCHG with memory is always locked: other vCPUs see one atomic swap. */
@@ -432,7 +402,7 @@ static void h_xlat(struct emu_cpu *c, const struct emu_insn *i)
 
 static void h_push(struct emu_cpu *c, const struct emu_insn *i)
 {
-	uint64_t v = i->op[0].kind == EMU_OP_IMM ? (uint64_t)i->op[0].disp : emu_op_read(c, i, 0);
+	uint64_t v = i->op[0].kind == EMU_OP_IMM ? (uint64_t)i->op[0].disp : op_rd(c, i, 0);
 
 	emu_push(c, i->osize, v);
 }
@@ -454,7 +424,7 @@ static void h_pop(struct emu_cpu *c, const struct emu_insn *i)
 	}
 	if (o->kind == EMU_OP_MEM) {
 		/* The address is computed with the incremented RSP; a fault undoes the pop. */
-		uint64_t la = emu_ea(c, o);
+		uint64_t la = ea_la(c, o);
 		uint64_t new_sp = c->gpr[4];
 
 		c->gpr[4] = old_sp;
@@ -581,12 +551,12 @@ static inline void branch_to(struct emu_cpu *c, const struct emu_insn *i, uint64
 
 static void h_jmp(struct emu_cpu *c, const struct emu_insn *i)
 {
-	branch_to(c, i, emu_op_read(c, i, 0));
+	branch_to(c, i, op_rd(c, i, 0));
 }
 
 static void h_call(struct emu_cpu *c, const struct emu_insn *i)
 {
-	uint64_t target = emu_op_read(c, i, 0);
+	uint64_t target = op_rd(c, i, 0);
 
 	emu_push(c, i->osize, c->next_rip);
 	branch_to(c, i, target);
@@ -612,11 +582,11 @@ static void h_ret(struct emu_cpu *c, const struct emu_insn *i)
 	}                                                                                          \
 	static void h_set##n(struct emu_cpu *c, const struct emu_insn *i)                          \
 	{                                                                                          \
-		emu_op_write(c, i, 0, emu_cond(c, n));                                             \
+		op_wr(c, i, 0, emu_cond(c, n));                                                    \
 	}                                                                                          \
 	static void h_cmov##n(struct emu_cpu *c, const struct emu_insn *i)                         \
 	{                                                                                          \
-		uint64_t v = emu_op_read(c, i, 1);                                                 \
+		uint64_t v = op_rd(c, i, 1);                                                       \
 		/* The destination is written even when false: 32-bit forms zero-extend. */        \
 		if (!emu_cond(c, n))                                                               \
 			v = reg_rd(c, i->op[0].reg, i->op[0].size);                                \
@@ -693,7 +663,7 @@ static void h_rdrand(struct emu_cpu *c, const struct emu_insn *i)
 	uint64_t v = 0;
 	bool ok = getrandom(&v, sizeof(v), GRND_NONBLOCK) == (ssize_t)sizeof(v);
 
-	emu_op_write(c, i, 0, v);
+	op_wr(c, i, 0, v);
 	emu_set_arith(c, FL_ARITH, ok ? FL_CF : 0);
 }
 
