@@ -1,15 +1,18 @@
 #include "vmm/mem.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 int gm_init(struct guest_mem *gm, uint64_t size)
 {
 	memset(gm, 0, sizeof(*gm));
 	gm->fd = -1;
+	pthread_mutex_init(&gm->dirty_lock, NULL);
 	if (size == 0 || size % GM_PAGE_SIZE)
 		return -EINVAL;
 	gm->size = size;
@@ -31,8 +34,12 @@ int gm_init(struct guest_mem *gm, uint64_t size)
 	gm->dirty = calloc((gm->npages + 63) / 64, sizeof(uint64_t));
 	if (!gm->dirty)
 		goto fail;
+	/* 4 bytes per page, but calloc of this size maps lazily: only pinned pages cost. */
+	gm->pins = calloc(gm->npages, sizeof(uint32_t));
+	if (!gm->pins)
+		goto fail;
 	return 0;
-fail: {
+fail : {
 	int err = errno ? -errno : -ENOMEM;
 	gm_destroy(gm);
 	return err;
@@ -46,6 +53,8 @@ void gm_destroy(struct guest_mem *gm)
 	if (gm->fd >= 0)
 		close(gm->fd);
 	free(gm->dirty);
+	free(gm->pins);
+	pthread_mutex_destroy(&gm->dirty_lock);
 	memset(gm, 0, sizeof(*gm));
 	gm->fd = -1;
 }
@@ -104,13 +113,114 @@ bool gm_test_clear_dirty(struct guest_mem *gm, uint64_t page_index)
 	return __atomic_fetch_and(&gm->dirty[page_index / 64], ~bit, __ATOMIC_RELAXED) & bit;
 }
 
+/* A claim lasts one hole punch: spin briefly, then sleep so the reclaimer gets the CPU. */
+static void gm_wait_claim(const struct guest_mem *gm, uint64_t page)
+{
+	for (unsigned spin = 0; __atomic_load_n(&gm->pins[page], __ATOMIC_ACQUIRE) & GM_PIN_CLAIM;
+	     spin++) {
+		if (spin < 64)
+			sched_yield();
+		else
+			nanosleep(&(struct timespec){.tv_nsec = 20000}, NULL);
+	}
+}
+
 void *gm_ptr_w(struct guest_mem *gm, uint64_t gpa, uint64_t len)
+{
+	uint8_t *p = gm_ptr(gm, gpa, len);
+	uint64_t off;
+
+	if (!p)
+		return NULL;
+	off = (uint64_t)(p - gm->hva);
+	gm_mark_dirty(gm, off, len);
+	if (gm->pins && len) {
+		/* Pairs with the reclaimer's claim-then-check-dirty (gm_claim_page). */
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		for (uint64_t pg = off >> GM_PAGE_SHIFT; pg <= (off + len - 1) >> GM_PAGE_SHIFT;
+		     pg++)
+			gm_wait_claim(gm, pg);
+	}
+	return p;
+}
+
+void gm_unpin_off(struct guest_mem *gm, uint64_t off, uint64_t len)
+{
+	if (!gm->pins || len == 0)
+		return;
+	for (uint64_t pg = off >> GM_PAGE_SHIFT; pg <= (off + len - 1) >> GM_PAGE_SHIFT; pg++)
+		__atomic_fetch_sub(&gm->pins[pg], 1, __ATOMIC_RELEASE);
+}
+
+/* Callers pass a range already checked to lie in RAM. */
+int gm_pin_off(struct guest_mem *gm, uint64_t off, uint64_t len)
+{
+	uint64_t first = off >> GM_PAGE_SHIFT, last, pg;
+
+	if (!gm->pins || len == 0)
+		return 0;
+	last = (off + len - 1) >> GM_PAGE_SHIFT;
+	for (pg = first; pg <= last; pg++) {
+		uint32_t old = __atomic_fetch_add(&gm->pins[pg], 1, __ATOMIC_SEQ_CST);
+
+		if ((old & GM_PIN_MAX) == GM_PIN_MAX) {
+			/* Only a hostile guest gets here (2^31 buffers on one page): refuse. */
+			__atomic_fetch_sub(&gm->pins[pg], 1, __ATOMIC_RELEASE);
+			if (pg > first)
+				gm_unpin_off(gm, off, (pg << GM_PAGE_SHIFT) - off);
+			return -EBUSY;
+		}
+		/* Counted already: once the claim ends, the reclaimer sees the pin. */
+		if (old & GM_PIN_CLAIM)
+			gm_wait_claim(gm, pg);
+	}
+	return 0;
+}
+
+int gm_pin(struct guest_mem *gm, uint64_t gpa, uint64_t len)
+{
+	uint8_t *p = gm_ptr(gm, gpa, len);
+
+	if (!p)
+		return -EFAULT;
+	return gm_pin_off(gm, (uint64_t)(p - gm->hva), len);
+}
+
+void gm_unpin(struct guest_mem *gm, uint64_t gpa, uint64_t len)
 {
 	uint8_t *p = gm_ptr(gm, gpa, len);
 
 	if (p)
-		gm_mark_dirty(gm, (uint64_t)(p - gm->hva), len);
-	return p;
+		gm_unpin_off(gm, (uint64_t)(p - gm->hva), len);
+}
+
+bool gm_page_pinned(const struct guest_mem *gm, uint64_t page_index)
+{
+	if (!gm->pins || page_index >= gm->npages)
+		return false;
+	return __atomic_load_n(&gm->pins[page_index], __ATOMIC_ACQUIRE) & GM_PIN_MAX;
+}
+
+bool gm_claim_page(struct guest_mem *gm, uint64_t page_index)
+{
+	uint32_t expect = 0;
+
+	if (!gm->pins || page_index >= gm->npages)
+		return false;
+	return __atomic_compare_exchange_n(&gm->pins[page_index], &expect, GM_PIN_CLAIM, false,
+					   __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+void gm_unclaim_page(struct guest_mem *gm, uint64_t page_index)
+{
+	__atomic_fetch_and(&gm->pins[page_index], ~GM_PIN_CLAIM, __ATOMIC_RELEASE);
+}
+
+bool gm_page_claimed(const struct guest_mem *gm, uint64_t page_index)
+{
+	if (!gm->pins || page_index >= gm->npages)
+		return false;
+	return __atomic_load_n(&gm->pins[page_index], __ATOMIC_ACQUIRE) & GM_PIN_CLAIM;
 }
 
 int gm_read(struct guest_mem *gm, uint64_t gpa, void *buf, uint64_t len)
@@ -125,10 +235,18 @@ int gm_read(struct guest_mem *gm, uint64_t gpa, void *buf, uint64_t len)
 
 int gm_write(struct guest_mem *gm, uint64_t gpa, const void *buf, uint64_t len)
 {
-	void *p = gm_ptr_w(gm, gpa, len);
+	uint8_t *p = gm_ptr(gm, gpa, len);
+	uint64_t off;
+	bool pinned;
 
 	if (!p)
 		return -EFAULT;
+	off = (uint64_t)(p - gm->hva);
+	/* Saturated pin counts (a hostile guest) only risk that guest's own data: copy anyway. */
+	pinned = gm_pin_off(gm, off, len) == 0;
+	gm_mark_dirty(gm, off, len);
 	memcpy(p, buf, len);
+	if (pinned)
+		gm_unpin_off(gm, off, len);
 	return 0;
 }

@@ -16,6 +16,7 @@
 #ifndef TERN_VMM_MEM_H
 #define TERN_VMM_MEM_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -40,7 +41,29 @@ struct guest_mem {
 	uint64_t *code_pages; /* bitmap, NULL when the backend needs no hook */
 	void (*code_write)(void *opaque, uint64_t page_index);
 	void *code_opaque;
+
+	/*
+	 * Pages under device I/O (vmm/reclaim.h, docs/memory.md): one word per
+	 * page, the low bits count gm_pin()s, GM_PIN_CLAIM is set while the
+	 * reclaimer releases the page. A pinned page is never released; a
+	 * claimed page makes gm_pin()/gm_write()/gm_ptr_w() wait until the
+	 * release is done, so their write lands in the fresh page.
+	 */
+	uint32_t *pins;
+	/*
+	 * Held by whoever clears bits of dirty and hands them back later (the
+	 * zero-page sweep) and by consumers that must not miss a bit while
+	 * that happens (migration's and snapshot's final pass).
+	 */
+	pthread_mutex_t dirty_lock;
+	/* Bytes given back to the host, by who asked (updated atomically). */
+	uint64_t released_sweep;       /* zero-page sweep */
+	uint64_t released_balloon;     /* balloon inflation */
+	uint64_t released_free_report; /* free page reporting */
 };
+
+#define GM_PIN_CLAIM 0x80000000u
+#define GM_PIN_MAX 0x7fffffffu
 
 /* Allocate size bytes of guest RAM. Returns 0 or -errno. */
 int gm_init(struct guest_mem *gm, uint64_t size);
@@ -53,10 +76,18 @@ void gm_destroy(struct guest_mem *gm);
  */
 void *gm_ptr(struct guest_mem *gm, uint64_t gpa, uint64_t len);
 
-/* As gm_ptr(), for a range the caller is about to write: marks it dirty. */
+/*
+ * As gm_ptr(), for a range the caller is about to write: marks it dirty, and
+ * waits while the reclaimer is releasing one of its pages. The pointer is
+ * safe against reclaim only for a write made at once; a transfer that may
+ * outlive the call (another thread, asynchronous I/O) pins the range first.
+ */
 void *gm_ptr_w(struct guest_mem *gm, uint64_t gpa, uint64_t len);
 
-/* Copy helpers; return 0 or -EFAULT if the range is not entirely RAM. */
+/*
+ * Copy helpers; return 0 or -EFAULT if the range is not entirely RAM.
+ * gm_write() pins the range for the copy: it is never lost to reclaim.
+ */
 int gm_read(struct guest_mem *gm, uint64_t gpa, void *buf, uint64_t len);
 int gm_write(struct guest_mem *gm, uint64_t gpa, const void *buf, uint64_t len);
 
@@ -68,5 +99,31 @@ void gm_mark_dirty(struct guest_mem *gm, uint64_t off, uint64_t len);
 
 /* Test-and-clear the dirty bit of one page. */
 bool gm_test_clear_dirty(struct guest_mem *gm, uint64_t page_index);
+
+/*
+ * Pin [gpa, gpa+len) against reclaim (and later lazy restore and migration)
+ * for the time of a device transfer; every successful gm_pin() is matched by
+ * one gm_unpin() of the same range. Waits while a page is being released.
+ * 0, -EFAULT if the range is not entirely RAM, -EBUSY if a page's pin count
+ * is saturated (nothing stays pinned then). len == 0 pins nothing.
+ */
+int gm_pin(struct guest_mem *gm, uint64_t gpa, uint64_t len);
+void gm_unpin(struct guest_mem *gm, uint64_t gpa, uint64_t len);
+/* The same, by offset into hva (for callers that already hold a host pointer). */
+int gm_pin_off(struct guest_mem *gm, uint64_t off, uint64_t len);
+void gm_unpin_off(struct guest_mem *gm, uint64_t off, uint64_t len);
+/* True if the page (index into hva) is pinned by a device. */
+bool gm_page_pinned(const struct guest_mem *gm, uint64_t page_index);
+
+/*
+ * For the reclaimer: take a page out of reach of new pins while it is
+ * released. Fails (false) if the page is pinned or already claimed. The
+ * caller checks the page's dirty bit only after claiming (the claim and
+ * gm_ptr_w()'s dirty mark are ordered by full barriers on both sides).
+ */
+bool gm_claim_page(struct guest_mem *gm, uint64_t page_index);
+void gm_unclaim_page(struct guest_mem *gm, uint64_t page_index);
+/* True if the page is claimed right now (a claim is short: wait, then retry). */
+bool gm_page_claimed(const struct guest_mem *gm, uint64_t page_index);
 
 #endif
