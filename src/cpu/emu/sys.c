@@ -703,7 +703,13 @@ void emu_set_state(struct emu_cpu *c, const struct cpu_state *st)
 	s->sysenter_eip = st->sysenter_eip;
 	s->pat = st->pat ? st->pat : s->pat;
 	s->misc_enable = st->misc_enable ? st->misc_enable : s->misc_enable;
-	s->tsc_offset = (int64_t)(st->tsc - (emu_now_ns() - c->vm->sys.time_base));
+	/*
+	 * TSC 0 is what a VMM building the boot state from scratch writes: keep
+	 * the VM-wide TSC (ticking since VM creation) so all vCPUs agree, as
+	 * KVM does when it synchronizes such writes.
+	 */
+	if (st->tsc)
+		s->tsc_offset = (int64_t)(st->tsc - (emu_now_ns() - c->vm->sys.time_base));
 	if (!all_zero(st->fxsave, sizeof(st->fxsave)))
 		emu_fpu_from_fxsave(c, st->fxsave);
 	if (!all_zero(st->lapic + 0x30, 4)) {

@@ -69,6 +69,35 @@ static void put_str(uint32_t out[4], const char *s)
 	memcpy(out, s, 16);
 }
 
+/* APIC-ID bits that number the cores of the one package. */
+static unsigned core_shift(const struct emu_cpu *c)
+{
+	unsigned n = c->vm->ncpus > 1 ? (unsigned)c->vm->ncpus : 1, shift = 0;
+
+	while ((1u << shift) < n)
+		shift++;
+	return shift;
+}
+
+/*
+ * Leaf 0xB: all vCPUs are single-thread cores of one package, so Linux
+ * shares what it measured on the boot CPU (loops_per_jiffy) with the APs
+ * instead of calibrating again.
+ */
+static void topology_leaf(const struct emu_cpu *c, uint32_t sub, uint32_t out[4])
+{
+	out[2] = sub & 0xff;
+	out[3] = c->sys.apic.id;
+	if (sub == 0) {
+		out[1] = 1;
+		out[2] |= 1u << 8; /* SMT level */
+	} else if (sub == 1) {
+		out[0] = core_shift(c);
+		out[1] = (uint32_t)(c->vm->ncpus > 1 ? c->vm->ncpus : 1);
+		out[2] |= 2u << 8; /* core level */
+	}
+}
+
 void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 {
 	static const char brand[48] = "tern virtual CPU @ 1.00GHz";
@@ -83,10 +112,13 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 		break;
 	case 1:
 		out[0] = STEPPING | (MODEL & 0xf) << 4 | FAMILY << 8 | (MODEL >> 4) << 16;
-		/* CLFLUSH line 8 qwords; one logical CPU per package; APIC id. */
-		out[1] = 8u << 8 | 1u << 16 | (c->sys.apic.id & 0xff) << 24;
+		/* CLFLUSH line 8 qwords; logical IDs per package; APIC id. */
+		out[1] = 8u << 8 | (1u << core_shift(c)) << 16 | (c->sys.apic.id & 0xff) << 24;
 		out[2] = F1_ECX;
-		out[3] = F1_EDX;
+		out[3] = F1_EDX | (c->vm->ncpus > 1 ? 1u << 28 : 0); /* HTT: several per package */
+		break;
+	case 0xb:
+		topology_leaf(c, sub, out);
 		break;
 	case 6:
 		out[0] = 1u << 2; /* ARAT: the APIC timer keeps running in idle */
