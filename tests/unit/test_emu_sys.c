@@ -21,7 +21,8 @@
 #include "unit/lib/emu_sys_vm.h"
 
 __asm__(".section .rodata\n"
-	".globl sg_start, sg_end, sg_exc_main, sg_df_main, sg_sc_main\n"
+	".globl sg_start, sg_end, sg_exc_main, sg_df_main, sg_sc_main, sg_compat_main\n"
+	".globl sg_sum_main\n"
 	".globl sg_h0, sg_h3, sg_h6, sg_h8, sg_h13, sg_h14, sg_h128\n"
 	".equ RESUME, 0x2ff00\n"
 	".macro HANDLER vec, err\n"
@@ -159,10 +160,64 @@ __asm__(".section .rodata\n"
 	"	mov %rax, 0x20130\n"
 	"	cli\n"
 	"	hlt\n"
+	/* Compatibility mode: IRETQ to 32-bit user code, INT 0x80 from it, SYSCALL via CSTAR. */
+	"sg_compat_main:\n"
+	"	mov $0xc0000080, %ecx\n"
+	"	rdmsr\n"
+	"	or $1, %eax\n"
+	"	wrmsr\n"
+	"	mov $0xc0000081, %ecx\n"
+	"	xor %eax, %eax\n"
+	"	mov $0x00230010, %edx\n"
+	"	wrmsr\n"
+	"	lea cm_cstar(%rip), %rax\n"
+	"	mov %rax, %rdx\n"
+	"	shr $32, %rdx\n"
+	"	mov $0xc0000083, %ecx\n"
+	"	wrmsr\n"
+	"	push $0x2b\n"
+	"	push $0xd000\n"
+	"	push $0x2\n"
+	"	push $0x23\n"
+	"	lea cm_user32(%rip), %rax\n"
+	"	push %rax\n"
+	"	iretq\n"
+	".code32\n"
+	"cm_user32:\n"
+	"	mov $7, %eax\n"
+	"	int $0x80\n"
+	"	mov %eax, 0x20500\n"
+	"	mov %esp, 0x20504\n"
+	"	syscall\n"
+	"	movl $0x55, 0x20524\n"
+	"	mov $99, %eax\n"
+	"	syscall\n"
+	".code64\n"
+	"cm_cstar:\n"
+	"	cmp $99, %eax\n"
+	"	je 1f\n"
+	"	mov %rcx, 0x20510\n"
+	"	mov %cs, %rax\n"
+	"	mov %rax, 0x20518\n"
+	"	sysretl\n"
+	"1:	cli\n"
+	"	hlt\n"
+	/* A loop whose state must survive get_state/set_state. */
+	"sg_sum_main:\n"
+	"	xor %eax, %eax\n"
+	"	mov $5000, %ecx\n"
+	"1:	add %rcx, %rax\n"
+	"	push %rax\n"
+	"	pop %rdx\n"
+	"	loop 1b\n"
+	"	mov %rax, 0x20600\n"
+	"	cli\n"
+	"	hlt\n"
 	"sg_end:\n"
 	".previous\n");
 
-extern const char sg_start[], sg_end[], sg_exc_main[], sg_df_main[], sg_sc_main[];
+extern const char sg_start[], sg_end[], sg_exc_main[], sg_df_main[], sg_sc_main[], sg_compat_main[],
+    sg_sum_main[];
 extern const char sg_h0[], sg_h3[], sg_h6[], sg_h8[], sg_h13[], sg_h14[], sg_h128[];
 
 #define G(sym) (ESV_CODE + (uint64_t)((sym)-sg_start))
@@ -329,6 +384,68 @@ static void test_msr_cpuid(void **state)
 	assert_true(x >= 1000000000000ull && x < 1000000000000ull + 1000000000ull);
 }
 
+static void test_compat_mode(void **state)
+{
+	struct esv *v = *state;
+
+	esv_enter(v, 0, G(sg_compat_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_HLT);
+	/* INT 0x80 from 32-bit code: frame CS 0x23, back with registers intact. */
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_COUNT)), 1);
+	assert_int_equal(esv_rd(v, SLOT(0x80, S_CS)), ESV_UCODE32);
+	assert_int_equal(esv_rd(v, 0x20500) & 0xffffffff, 7);
+	assert_int_equal(esv_rd(v, 0x20504) & 0xffffffff, ESV_USTACK);
+	/* SYSCALL from compat mode entered through CSTAR in 64-bit mode; SYSRETL returned. */
+	assert_int_equal(esv_rd(v, 0x20518), ESV_KCODE);
+	uint64_t ret = esv_rd(v, 0x20510);
+
+	assert_true(ret > G(sg_compat_main) && ret < G(sg_end));
+	assert_int_equal(esv_rd(v, 0x20524) & 0xffffffff, 0x55);
+}
+
+static void test_state_roundtrip(void **state)
+{
+	struct esv *v = *state;
+	struct cpu_state *st = calloc(1, sizeof(*st)), *st2 = calloc(1, sizeof(*st2));
+	struct emu_cpu *c = v->cpu[0];
+	uint64_t full;
+
+	assert_non_null(st);
+	assert_non_null(st2);
+	/* Uninterrupted run for reference. */
+	esv_enter(v, 0, G(sg_sum_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 0), VCPU_EXIT_HLT);
+	full = esv_rd(v, 0x20600);
+	assert_int_equal(full, 5000ull * 5001 / 2);
+
+	/* Stop part way, save, scramble the vCPU, restore, finish: same result. */
+	esv_wr(v, 0x20600, 0);
+	esv_enter(v, 0, G(sg_sum_main), ESV_KSTACK);
+	emu_apic_write_reg(c, 0xf0, 0x1ff);
+	emu_apic_write_reg(c, 0x80, 0x20);
+	emu_apic_write_reg(c, 0xd0, 0x01000000);
+	emu_apic_write_reg(c, 0x320, 0x10041);
+	assert_true(emu_msr_write(c, 0xc0000102, 0x1234000));
+	assert_int_equal(esv_run(v, 0, 7777), VCPU_EXIT_KICK);
+	emu_get_state(c, st);
+	assert_true(st->rip > G(sg_sum_main) && st->rip < G(sg_end));
+	esv_enter(v, 0, G(sg_exc_main), 0x1000);
+	emu_apic_write_reg(c, 0x80, 0);
+	emu_set_state(c, st);
+	emu_get_state(c, st2);
+	assert_memory_equal(st2->gpr, st->gpr, sizeof(st->gpr));
+	assert_int_equal(st2->rip, st->rip);
+	assert_int_equal(st2->rflags, st->rflags);
+	assert_int_equal(st2->kernel_gs_base, 0x1234000);
+	assert_int_equal(st2->cr8, 2);
+	assert_memory_equal(st2->lapic, st->lapic, 0x380); /* up to the timer counters */
+	assert_memory_equal(st2->fxsave, st->fxsave, 160);
+	assert_int_equal(esv_run(v, 0, 0), VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, 0x20600), full);
+	free(st);
+	free(st2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -337,6 +454,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_triple_fault, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_syscall_sysret, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_msr_cpuid, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compat_mode, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_state_roundtrip, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
