@@ -83,6 +83,17 @@ format:
 check-format:
 	clang-format --dry-run --Werror $(SRCS) $(shell find src tests -name '*.h')
 
+# Differential fuzzing of the emulator against the host CPU: millions of
+# cases, minutes long, so not part of `make test`. FUZZ_EMU_CASES, FUZZ_EMU_SEED.
+FUZZ_EMU_CASES ?= 2000000
+$(BA)/tests/fuzz/emu_diff_fuzz: tests/fuzz/emu_diff_fuzz.c tests/unit/test_emu_diff.c $(BA)/libtern.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(CPPFLAGS) -Itests -o $@ $< $(wildcard tests/unit/lib/*.c) $(BA)/libtern.a $(LDLIBS) -lcmocka
+
+.PHONY: fuzz-emu
+fuzz-emu: $(BA)/tests/fuzz/emu_diff_fuzz
+	$< $(FUZZ_EMU_CASES) $(FUZZ_EMU_SEED)
+
 clean:
 	rm -rf $(B) $(BA)
 

@@ -872,6 +872,7 @@ static void t_mix(struct ctx *t, unsigned iters)
 	}
 }
 
+#ifndef EMU_DIFF_NO_MAIN
 /* ---- cmocka glue ---- */
 
 static int setup(void **state)
@@ -962,3 +963,4 @@ int main(void)
 
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
+#endif
