@@ -78,6 +78,9 @@ static int recv_all(int fd, char **buf, size_t *len)
 		r = recv(fd, b + n, cap - n, 0);
 		if (r < 0 && errno == EINTR)
 			continue;
+		/* A server that refused early (413) and closed may reset after its answer. */
+		if (r < 0 && errno == ECONNRESET && n)
+			break;
 		if (r < 0) {
 			int err = errno == EAGAIN ? -ETIMEDOUT : -errno;
 
@@ -202,8 +205,12 @@ int http_unix_request(const char *socket_path, const char *method, const char *p
 	err = send_all(fd, head, (size_t)n);
 	if (!err && blen)
 		err = send_all(fd, body, blen);
-	if (!err)
-		err = recv_all(fd, &raw, &rawlen);
+	/* The server may answer before reading the whole body (413) and close: read it anyway. */
+	if (!err || err == -EPIPE || err == -ECONNRESET) {
+		int rerr = recv_all(fd, &raw, &rawlen);
+
+		err = rerr && err ? err : rerr;
+	}
 	close(fd);
 	if (!err)
 		err = parse_response(raw, rawlen, out);

@@ -547,6 +547,11 @@ static void test_huge_bodies(void **state)
 	assert_true(advances_past(f, post_writes(f)));
 }
 
+static void send_str(int fd, const char *str)
+{
+	assert_int_equal(send(fd, str, strlen(str), 0), (ssize_t)strlen(str));
+}
+
 struct hammer {
 	const char *sock;
 	int ok;
@@ -590,7 +595,7 @@ static void test_slow_client(void **state)
 	/* A client that sends half a request and then nothing. */
 	fd = http_unix_connect(f->sock, 30000);
 	assert_true(fd >= 0);
-	assert_int_equal(send(fd, "GET /vm HTTP/1.1\r\nHo", 20, 0), 20);
+	send_str(fd, "GET /vm HTTP/1.1\r\nHo");
 	/* Another client is served meanwhile, promptly. */
 	t0 = api_now();
 	assert_int_equal(api_call(f->sock, "GET", "/vm", NULL, NULL), 200);
@@ -603,6 +608,57 @@ static void test_slow_client(void **state)
 	assert_true(recv(fd, buf, sizeof(buf), 0) <= 0);
 	assert_true(api_now() - t0 >= API_CONN_TIMEOUT_S - 1);
 	close(fd);
+}
+
+static void test_stop_with_idle_clients(void **state)
+{
+	struct fixture *f = *state;
+	int fds[3];
+	double t0;
+
+	start_all(f);
+	/* Clients that connected and said nothing, or half a request, or a whole keep-alive one. */
+	for (int i = 0; i < 3; i++) {
+		fds[i] = http_unix_connect(f->sock, 30000);
+		assert_true(fds[i] >= 0);
+	}
+	send_str(fds[1], "GET /vm HTTP/1.1\r\n");
+	send_str(fds[2], "GET /vm HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(100000);
+	/* tern run must not hang at exit waiting for them. */
+	t0 = api_now();
+	api_stop(f->api);
+	f->api = NULL;
+	assert_true(api_now() - t0 < 2);
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
+}
+
+static void test_connection_limit(void **state)
+{
+	struct fixture *f = *state;
+	int fds[API_MAX_CONNS + 4], n = 0, r;
+	double t0;
+
+	start_all(f);
+	/* More idle clients than the server serves at once... */
+	for (; n < API_MAX_CONNS + 4; n++) {
+		fds[n] = http_unix_connect(f->sock, 30000);
+		if (fds[n] < 0)
+			break;
+	}
+	assert_true(n >= API_MAX_CONNS);
+	usleep(200000);
+	/* ...and a new client is turned away at once (or served), never left hanging. */
+	t0 = api_now();
+	r = api_call(f->sock, "GET", "/vm", NULL, NULL);
+	assert_true(r == 200 || r == -EPIPE || r == -ECONNRESET || r == -EPROTO);
+	assert_true(api_now() - t0 < 2);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	usleep(200000);
+	/* Once they are gone, everyone is served again. */
+	assert_int_equal(api_call(f->sock, "GET", "/vm", NULL, NULL), 200);
 }
 
 /* ---- tern ctl ---- */
@@ -739,6 +795,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_huge_bodies, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_clients, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_slow_client, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_with_idle_clients, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_connection_limit, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ctl, setup, teardown),
 	};
 
