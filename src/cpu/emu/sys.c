@@ -439,18 +439,20 @@ static bool shadow_active(struct emu_cpu *c)
 }
 
 /* NMI, then a maskable interrupt if RFLAGS.IF allows. True if something was delivered. */
-static bool inject(struct emu_cpu *c)
+static bool inject(struct emu_cpu *c, bool shadow)
 {
 	int v;
 
-	if (c->sys.nmi_pending && !c->sys.nmi_blocked && !shadow_active(c)) {
+	if (shadow)
+		return false;
+	if (c->sys.nmi_pending && !c->sys.nmi_blocked) {
 		c->sys.nmi_pending = false;
 		c->sys.nmi_blocked = true;
 		c->sys.halted = false;
 		sys_deliver(c, EMU_NMI, EMU_NO_ERR, EV_NMI, c->rip);
 		return true;
 	}
-	if (!(c->rflags & X_IF) || shadow_active(c))
+	if (!(c->rflags & X_IF))
 		return false;
 	v = emu_apic_ack(c);
 	if (v < 0)
@@ -460,10 +462,13 @@ static bool inject(struct emu_cpu *c)
 	return true;
 }
 
-/* Something is waiting for IF, the end of a shadow or an IRET: keep checking. */
+/*
+ * Something waits for IF, the end of a shadow or an IRET: check again at
+ * the next block boundary. A shadow alone is no reason: it only delays.
+ */
 static bool blocked_work(struct emu_cpu *c)
 {
-	return (c->sys.nmi_pending) || c->sys.intr_shadow || emu_apic_has_irq(c);
+	return (c->sys.nmi_pending && !c->sys.nmi_blocked) || emu_apic_has_irq(c);
 }
 
 /*
@@ -532,7 +537,7 @@ bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit)
 			idle_wait(c, false);
 			continue;
 		}
-		if (inject(c)) {
+		if (inject(c, shadow_active(c))) {
 			if (blocked_work(c))
 				sys_set_pending(c);
 			return false;
