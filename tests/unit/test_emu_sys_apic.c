@@ -24,6 +24,7 @@
 __asm__(".section .rodata\n"
 	".globl sa_start, sa_end, sa_timer_main, sa_hlt_main, sa_ipi_bsp, sa_ipi_ap\n"
 	".globl sa_sipi_bsp, sa_lock_main, sa_h40, sa_h41, sa_h42, sa_h43\n"
+	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp\n"
 	".macro IRQ vec\n"
 	"sa_h\\vec:\n"
 	"	incq 0x21000+(0x\\vec-0x40)*64\n"
@@ -145,9 +146,67 @@ __asm__(".section .rodata\n"
 	"	jnz 1b\n"
 	"	cli\n"
 	"	hlt\n"
+	/* Like Linux's AP trampoline: real mode -> protected mode -> long mode. */
+	"	.p2align 4\n"
+	".code16\n"
+	"sa_tramp:\n"
+	"	cli\n"
+	"	mov %cs, %ax\n"
+	"	mov %ax, %ds\n"
+	"	lgdtl tr_gdtr - sa_tramp\n"
+	"	mov %cr0, %eax\n"
+	"	or $1, %eax\n"
+	"	mov %eax, %cr0\n"
+	"	ljmpl $0x08, $(tr32 - sa_tramp + 0xf000)\n"
+	".code32\n"
+	"tr32:\n"
+	"	mov $0x10, %ax\n"
+	"	mov %ax, %ds\n"
+	"	mov %ax, %ss\n"
+	"	mov $0xf800, %esp\n"
+	"	mov %cr4, %eax\n"
+	"	or $0x20, %eax\n"
+	"	mov %eax, %cr4\n"
+	"	mov $0x1000, %eax\n"
+	"	mov %eax, %cr3\n"
+	"	mov $0xc0000080, %ecx\n"
+	"	rdmsr\n"
+	"	or $0x100, %eax\n"
+	"	wrmsr\n"
+	"	mov %cr0, %eax\n"
+	"	or $0x80000000, %eax\n"
+	"	mov %eax, %cr0\n"
+	"	ljmp $0x18, $(tr64 - sa_tramp + 0xf000)\n"
+	".code64\n"
+	"tr64:\n"
+	"	lea 0(%rip), %rax\n"
+	"	mov %rax, 0x20708\n"
+	"	movq $0x64, 0x20700\n"
+	"	cli\n"
+	"	hlt\n"
+	"	.p2align 3\n"
+	"tr_gdt:\n"
+	"	.quad 0, 0x00cf9b000000ffff, 0x00cf93000000ffff, 0x00af9b000000ffff\n"
+	"tr_gdtr:\n"
+	"	.word 31\n"
+	"	.long tr_gdt - sa_tramp + 0xf000\n"
+	"sa_tramp_end:\n"
+	/* BSP: INIT + STARTUP, wait for the AP's long-mode marker. */
+	"sa_sipi64_bsp:\n"
+	"	mov $0xfee00000, %ebx\n"
+	"	movl $0x1ff, 0xf0(%rbx)\n"
+	"	movl $0x01000000, 0x310(%rbx)\n"
+	"	movl $0x4500, 0x300(%rbx)\n"
+	"	movl $0x460f, 0x300(%rbx)\n"
+	"1:	pause\n"
+	"	cmpq $0x64, 0x20700\n"
+	"	jne 1b\n"
+	"	cli\n"
+	"	hlt\n"
 	"sa_end:\n"
 	".previous\n");
 
+extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[];
 extern const char sa_start[], sa_end[], sa_timer_main[], sa_hlt_main[], sa_ipi_bsp[], sa_ipi_ap[],
     sa_sipi_bsp[], sa_lock_main[], sa_h40[], sa_h41[], sa_h42[], sa_h43[];
 
@@ -343,6 +402,29 @@ static void test_init_sipi(void **state)
 	assert_false(v->cpu[1]->cr0 & 1);
 }
 
+static void test_init_sipi_long_mode(void **state)
+{
+	struct esv *v = *state;
+	struct runner a, b;
+
+	gm_write(&v->gm, 0xf000, sa_tramp, (size_t)(sa_tramp_end - sa_tramp));
+	esv_enter(v, 0, G(sa_sipi64_bsp), ESV_KSTACK);
+	start(&b, v, 1);
+	start(&a, v, 0);
+	pthread_join(a.t, NULL);
+	pthread_join(b.t, NULL);
+	assert_int_equal(a.ex, VCPU_EXIT_HLT);
+	assert_int_equal(b.ex, VCPU_EXIT_HLT);
+	/* The AP reached 64-bit code at the trampoline's copy, with long mode active. */
+	assert_int_equal(esv_rd(v, 0x20700), 0x64);
+	uint64_t rip = esv_rd(v, 0x20708);
+
+	assert_true(rip > 0xf000 && rip < 0xf000 + (uint64_t)(sa_tramp_end - sa_tramp));
+	assert_true(v->cpu[1]->mode64);
+	assert_true(v->cpu[1]->efer & 0x400);
+	assert_int_equal(v->cpu[1]->seg[SEG_CS].sel, 0x18);
+}
+
 static void test_lock_two_threads(void **state)
 {
 	struct esv *v = *state;
@@ -494,6 +576,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_kick, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi, setup2, teardown),
+	    cmocka_unit_test_setup_teardown(test_init_sipi_long_mode, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_lock_two_threads, setup2, teardown),
 	};
 
