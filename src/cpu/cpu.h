@@ -18,6 +18,7 @@
 
 struct vm;
 struct vcpu;
+struct dev_buf;
 
 /* A segment register, in the layout of the hidden descriptor cache. */
 struct cpu_seg {
@@ -81,6 +82,16 @@ struct cpu_backend {
 	int (*msi)(struct vm *vm, uint64_t addr, uint32_t data);
 	/* OR the pages written since the last call into vm->mem.dirty. */
 	int (*sync_dirty)(struct vm *vm);
+	/*
+	 * Snapshots (state/): state beyond struct cpu_state (irqchip, timers,
+	 * MSRs outside cpu_state) in the backend's own versioned format, saved
+	 * and restored while the vCPUs are parked; and a string naming the CPU
+	 * model the guest sees, which must match for a restore. A backend
+	 * without them cannot be snapshotted.
+	 */
+	int (*save_extra)(struct vm *vm, struct dev_buf *out);
+	int (*restore_extra)(struct vm *vm, const void *data, uint64_t len);
+	int (*cpu_model)(struct vm *vm, char *buf, unsigned len);
 };
 
 extern const struct cpu_backend cpu_backend_kvm;

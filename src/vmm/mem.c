@@ -59,6 +59,22 @@ void gm_destroy(struct guest_mem *gm)
 	gm->fd = -1;
 }
 
+int gm_map_file_private(struct guest_mem *gm, int fd, uint64_t offset)
+{
+	void *p;
+
+	if (!gm->hva || offset % GM_PAGE_SIZE)
+		return -EINVAL;
+	p = mmap(gm->hva, gm->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+		 fd, (off_t)offset);
+	if (p == MAP_FAILED)
+		return -errno;
+	if (gm->fd >= 0)
+		close(gm->fd);
+	gm->fd = -1;
+	return 0;
+}
+
 /* Offset into hva of [gpa, gpa+len), or UINT64_MAX if not wholly inside one region. */
 static uint64_t gm_offset(const struct guest_mem *gm, uint64_t gpa, uint64_t len)
 {

@@ -68,6 +68,14 @@ struct guest_mem {
 /* Allocate size bytes of guest RAM. Returns 0 or -errno. */
 int gm_init(struct guest_mem *gm, uint64_t size);
 void gm_destroy(struct guest_mem *gm);
+/*
+ * Replace all guest RAM with a private (copy-on-write) mapping of fd from
+ * offset (a snapshot's memory file): nothing is read now, pages come from
+ * the file on first touch and writes stay in this process. The host
+ * address does not change. Call before any vCPU runs. Afterwards gm->fd is
+ * -1: released pages cannot be punched out of the file. 0 or -errno.
+ */
+int gm_map_file_private(struct guest_mem *gm, int fd, uint64_t offset);
 
 /*
  * Translate a guest-physical range to a host pointer, or NULL when any byte

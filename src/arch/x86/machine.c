@@ -112,6 +112,8 @@ int x86_machine_setup(struct vm *vm, const struct machine_config *cfg)
 		err = platform_devices_create(vm);
 	if (!err)
 		err = rtc_create(vm);
+	if (!err && cfg->devices_only)
+		return 0;
 	if (!err)
 		err = acpi_build(&vm->mem, vm->ncpus, &m->rsdp);
 	if (!err)

@@ -6,6 +6,8 @@
 #ifndef TERN_ARCH_X86_MACHINE_H
 #define TERN_ARCH_X86_MACHINE_H
 
+#include <stdbool.h>
+
 #include "arch/x86/boot.h"
 
 struct vm;
@@ -15,7 +17,8 @@ struct machine_config {
 	const char *kernel_path;
 	const char *initrd_path; /* NULL: none */
 	const char *cmdline;
-	int console_fd; /* where the guest's serial output goes */
+	int console_fd;	   /* where the guest's serial output goes */
+	bool devices_only; /* restore: RAM, tables and vCPU state come from a snapshot */
 };
 
 struct x86_machine {

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cpu/emu/emu.h"
+#include "cpu/emu/emu_snap.h"
 #include "util/log.h"
 #include "vmm/vm.h"
 
@@ -192,4 +193,7 @@ const struct cpu_backend cpu_backend_emu = {
     .irq_line = bk_irq_line,
     .msi = bk_msi,
     .sync_dirty = bk_sync_dirty,
+    .save_extra = emu_snap_save,
+    .restore_extra = emu_snap_restore,
+    .cpu_model = emu_snap_cpu_model,
 };

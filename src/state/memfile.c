@@ -1,0 +1,187 @@
+/*
+ * The memory file: a 4 KiB header page, then guest RAM as it lies in the
+ * host mapping (low RAM, then RAM above 4 GiB). Only non-zero pages are
+ * written; the rest stay holes, so the file costs what the guest really
+ * uses and SEEK_DATA/SEEK_HOLE walk it quickly.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "state/snapfile.h"
+
+/* Header page layout: magic, version, data offset, RAM size, snapshot id, CRC of the above. */
+#define MEM_HDR_CRC_OFF 48
+
+static bool page_is_zero(const uint8_t *p)
+{
+	const uint64_t *q = (const uint64_t *)p;
+
+	for (unsigned i = 0; i < GM_PAGE_SIZE / 8; i += 8) {
+		if (q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] |
+		    q[i + 7])
+			return false;
+	}
+	return true;
+}
+
+static int pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, p, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (uint64_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static void mem_header(uint8_t *h, uint64_t size, const uint8_t id[SNAP_ID_LEN])
+{
+	uint32_t crc;
+
+	memset(h, 0, GM_PAGE_SIZE);
+	memcpy(h, SNAP_MEM_MAGIC, 8);
+	for (int i = 0; i < 4; i++)
+		h[8 + i] = (uint8_t)(SNAP_MEM_VERSION >> (8 * i));
+	for (int i = 0; i < 8; i++) {
+		h[16 + i] = (uint8_t)(SNAP_MEM_DATA_OFF >> (8 * i));
+		h[24 + i] = (uint8_t)(size >> (8 * i));
+	}
+	memcpy(h + 32, id, SNAP_ID_LEN);
+	crc = (uint32_t)crc32(0, h, MEM_HDR_CRC_OFF);
+	for (int i = 0; i < 4; i++)
+		h[MEM_HDR_CRC_OFF + i] = (uint8_t)(crc >> (8 * i));
+}
+
+/* Runs of non-zero pages (16 MiB at most) become one write each. */
+static int write_pages(int fd, const struct guest_mem *gm)
+{
+	uint64_t pg = 0;
+
+	while (pg < gm->npages) {
+		uint64_t run = pg;
+		int err;
+
+		if (page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT))) {
+			pg++;
+			continue;
+		}
+		while (pg < gm->npages && pg - run < 4096 &&
+		       !page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT)))
+			pg++;
+		err = pwrite_all(fd, gm->hva + (run << GM_PAGE_SHIFT), (pg - run) << GM_PAGE_SHIFT,
+				 SNAP_MEM_DATA_OFF + (run << GM_PAGE_SHIFT));
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int snap_mem_write(struct guest_mem *gm, const char *path, const uint8_t id[SNAP_ID_LEN])
+{
+	uint8_t *hdr = malloc(GM_PAGE_SIZE);
+	char *tmp = NULL;
+	int fd = -1, err;
+
+	if (!hdr || asprintf(&tmp, "%s.tmp", path) < 0) {
+		err = -ENOMEM;
+		goto out;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	/* Size first, all holes; then only the pages with data. */
+	if (ftruncate(fd, (off_t)(SNAP_MEM_DATA_OFF + gm->size)) < 0) {
+		err = -errno;
+		goto out;
+	}
+	mem_header(hdr, gm->size, id);
+	err = pwrite_all(fd, hdr, GM_PAGE_SIZE, 0);
+	if (!err)
+		err = write_pages(fd, gm);
+	if (close(fd) < 0 && !err)
+		err = -errno;
+	fd = -1;
+	if (!err && rename(tmp, path) < 0)
+		err = -errno;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (err && tmp)
+		unlink(tmp);
+	free(tmp);
+	free(hdr);
+	return err;
+}
+
+static int check_header(const uint8_t *h, const uint8_t id[SNAP_ID_LEN], uint64_t mem_size,
+			const char **why)
+{
+	uint32_t crc = 0;
+	uint64_t off = 0, size = 0;
+
+	for (int i = 0; i < 4; i++)
+		crc |= (uint32_t)h[MEM_HDR_CRC_OFF + i] << (8 * i);
+	for (int i = 0; i < 8; i++) {
+		off |= (uint64_t)h[16 + i] << (8 * i);
+		size |= (uint64_t)h[24 + i] << (8 * i);
+	}
+	*why = "not a tern snapshot memory file";
+	if (memcmp(h, SNAP_MEM_MAGIC, 8))
+		return -EINVAL;
+	*why = "memory file header is corrupted";
+	if (crc != (uint32_t)crc32(0, h, MEM_HDR_CRC_OFF))
+		return -EBADMSG;
+	*why = "memory file format version not supported";
+	if (h[8] != SNAP_MEM_VERSION || h[9] || h[10] || h[11] || off != SNAP_MEM_DATA_OFF)
+		return -EPROTONOSUPPORT;
+	*why = "memory file belongs to another snapshot";
+	if (memcmp(h + 32, id, SNAP_ID_LEN) || size != mem_size)
+		return -EINVAL;
+	return 0;
+}
+
+int snap_mem_open(const char *path, const uint8_t id[SNAP_ID_LEN], uint64_t mem_size,
+		  const char **why)
+{
+	uint8_t hdr[64];
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
+	ssize_t n;
+
+	*why = "cannot open the memory file";
+	if (fd < 0)
+		return -errno;
+	err = -EINVAL;
+	*why = "memory file is not a regular file";
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		goto fail;
+	n = pread(fd, hdr, sizeof(hdr), 0);
+	*why = "memory file is truncated";
+	if (n != (ssize_t)sizeof(hdr))
+		goto fail;
+	err = check_header(hdr, id, mem_size, why);
+	if (err)
+		goto fail;
+	err = -EINVAL;
+	*why = "memory file is truncated";
+	if ((uint64_t)st.st_size != SNAP_MEM_DATA_OFF + mem_size)
+		goto fail;
+	return fd;
+fail:
+	close(fd);
+	return err;
+}
