@@ -19,6 +19,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "arch/x86/machine.h"
 #include "cmd/cmd.h"
 #include "cpu/cpu.h"
@@ -50,6 +51,7 @@ struct run_opts {
 	int cpus;
 	uint64_t mem_mib;
 	const char *accel;
+	const char *api_socket; /* --api-socket PATH, or NULL */
 	struct disk_opt disks[MAX_DISKS];
 	int ndisks;
 	char **argv; /* the guest command, NULL-terminated, or NULL */
@@ -73,6 +75,7 @@ static void run_usage(FILE *f)
 		"  --cpus N            vCPUs (default 1, at most %d)\n"
 		"  --memory MIB        guest RAM in MiB (default 256, %d..%d)\n"
 		"  --disk PATH[,readonly]  virtio-blk disk (repeatable, up to %d)\n"
+		"  --api-socket PATH   serve the control API on this Unix socket (docs/api.md)\n"
 		"  --accel kvm|emu|auto    CPU backend (default auto: kvm when the host has\n"
 		"                      VMX/SVM, else tern's emulator)\n"
 		"  -v, --verbose       more messages from tern (twice: debug)\n"
@@ -176,7 +179,7 @@ static uint64_t host_ram_mib(void)
 	return (uint64_t)pages * (uint64_t)psize >> 20;
 }
 
-enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_CPUS, OPT_MEMORY, OPT_DISK, OPT_ACCEL };
+enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_CPUS, OPT_MEMORY, OPT_DISK, OPT_ACCEL, OPT_API_SOCKET };
 
 static int parse_one(struct run_opts *o, int c, const char *arg)
 {
@@ -213,6 +216,9 @@ static int parse_one(struct run_opts *o, int c, const char *arg)
 			return usage_error("--accel '%s': choose kvm, emu or auto", arg);
 		o->accel = arg;
 		return 0;
+	case OPT_API_SOCKET:
+		o->api_socket = arg;
+		return 0;
 	case 'v':
 		o->verbose++;
 		return 0;
@@ -230,6 +236,7 @@ static int parse_args(struct run_opts *o, int argc, char **argv, bool *help)
 	    {"memory", required_argument, NULL, OPT_MEMORY},
 	    {"disk", required_argument, NULL, OPT_DISK},
 	    {"accel", required_argument, NULL, OPT_ACCEL},
+	    {"api-socket", required_argument, NULL, OPT_API_SOCKET},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -561,7 +568,7 @@ static int exit_code(struct vm *vm, enum vm_stop_reason why, const struct run_op
 		if (con->got_signal)
 			fprintf(stderr, "tern: stopped by signal %d\n", con->got_signal);
 		else
-			fprintf(stderr, "tern: stopped (Ctrl-A x)\n");
+			fprintf(stderr, "tern: stopped from the host (Ctrl-A x or the API)\n");
 		return EXIT_STOPPED;
 	case VM_STOP_ERROR:
 	case VM_RUNNING:
@@ -579,6 +586,7 @@ static int run_vm(const struct run_opts *o, const char *cmdline)
 				    .cmdline = cmdline,
 				    .console_fd = STDOUT_FILENO};
 	struct console con;
+	struct api *api = NULL;
 	sigset_t sigs;
 	struct vm vm;
 	int err, rc = 1;
@@ -604,6 +612,9 @@ static int run_vm(const struct run_opts *o, const char *cmdline)
 	err = add_devices(&vm, o);
 	if (!err)
 		err = x86_machine_setup(&vm, &mc);
+	/* Before the console thread, so a refused socket leaves nothing to stop. */
+	if (!err && o->api_socket)
+		err = api_start(&vm, o->api_socket, &api);
 	if (!err)
 		err = console_start(&con, &vm, &sigs);
 	if (err) {
@@ -622,6 +633,7 @@ static int run_vm(const struct run_opts *o, const char *cmdline)
 		fprintf(stderr, "tern: cannot start the vCPUs: %s\n", strerror(-err));
 	}
 out:
+	api_stop(api);
 	vm_destroy(&vm);
 	return rc;
 }
