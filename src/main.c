@@ -12,6 +12,8 @@ static const struct {
 	{"run", cmd_run, "boot a guest (default: the built default guest)"},
 	{"img", cmd_img, "create, inspect and convert disk images (raw, qcow2)"},
 	{"ctl", cmd_ctl, "control a running VM through its API socket"},
+	{"snapshot", cmd_snapshot, "boot a guest and snapshot it at a marker or time"},
+	{"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
 };
 
 static void usage(FILE *f)

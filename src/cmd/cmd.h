@@ -6,5 +6,7 @@
 int cmd_run(int argc, char **argv);
 int cmd_img(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 
 #endif
