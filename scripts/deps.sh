@@ -3,7 +3,7 @@
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 pkgs=(build-essential pkg-config libzydis-dev libcmocka-dev zlib1g-dev libmicrohttpd-dev libjson-c-dev cpio
-      qemu-utils qemu-system-x86 curl ca-certificates xz-utils zstd acpica-tools)
+      qemu-utils qemu-system-x86 nbdkit curl ca-certificates xz-utils zstd acpica-tools)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

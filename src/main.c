@@ -14,6 +14,7 @@ static const struct {
 	{"ctl", cmd_ctl, "control a running VM through its API socket"},
 	{"snapshot", cmd_snapshot, "boot a guest and snapshot it at a marker or time"},
 	{"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
+	{"nbd-serve", cmd_nbd_serve, "export a disk image over NBD"},
 };
 
 static void usage(FILE *f)

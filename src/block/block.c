@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "block/blk_int.h"
+#include "block/nbd.h"
 #include "util/log.h"
 
 static const char qcow2_magic[4] = {'Q', 'F', 'I', (char)0xfb};
@@ -46,6 +47,9 @@ int blk_open_depth(const char *spec, const char *fmt, bool readonly, int depth,
 		       BLK_MAX_CHAIN_DEPTH);
 		return -ELOOP;
 	}
+	/* An NBD export is a raw disk on a server. */
+	if (nbd_is_uri(spec) && (!fmt || !strcmp(fmt, "raw")))
+		return nbd_open(spec, readonly, out);
 	/* FIFOs and character devices would block or stream: only files and disks. */
 	if (stat(spec, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
 		pr_err("%s: not a regular file or block device", spec);
