@@ -130,10 +130,32 @@ static inline void alu(struct emu_cpu *c, const struct emu_insn *i, enum alu_op 
 	set_lf(c, alu_lf(op), sz, r, a, b);
 }
 
+/* Register destination with a register or immediate source: no operand-kind dispatch. */
+static inline void alu_reg(struct emu_cpu *c, const struct emu_insn *i, enum alu_op op, bool imm)
+{
+	unsigned sz = i->op[0].size, d = i->op[0].reg;
+	uint64_t m = size_mask(sz);
+	uint64_t b = (imm ? (uint64_t)i->op[1].disp : c->gpr[i->op[1].reg]) & m;
+	uint64_t cin = (op == A_ADC || op == A_SBB) ? emu_cf(c) : 0;
+	uint64_t a = c->gpr[d] & m, r = alu_calc(op, a, b, cin) & m;
+
+	if (op != A_CMP && op != A_TEST)
+		reg_wr(c, d, sz, r);
+	set_lf(c, alu_lf(op), sz, r, a, b);
+}
+
 #define ALU_H(name, op)                                                                            \
 	static void h_##name(struct emu_cpu *c, const struct emu_insn *i)                          \
 	{                                                                                          \
 		alu(c, i, op);                                                                     \
+	}                                                                                          \
+	static void h_##name##_rr(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		alu_reg(c, i, op, false);                                                          \
+	}                                                                                          \
+	static void h_##name##_ri(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		alu_reg(c, i, op, true);                                                           \
 	}
 ALU_H(add, A_ADD)
 ALU_H(or, A_OR)
@@ -869,4 +891,35 @@ emu_handler emu_alu_handler(unsigned m)
 		return h_cmpxchg16b;
 	}
 	return NULL;
+}
+
+static bool is_gpr(const struct emu_operand *o)
+{
+	return o->kind == EMU_OP_REG && o->reg < 16;
+}
+
+/* Faster variants of the two-operand ALU handlers for register destinations. */
+emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h)
+{
+	static const struct {
+		emu_handler gen, rr, ri;
+	} v[] = {
+	    {h_add, h_add_rr, h_add_ri},    {h_or, h_or_rr, h_or_ri},
+	    {h_adc, h_adc_rr, h_adc_ri},    {h_sbb, h_sbb_rr, h_sbb_ri},
+	    {h_and, h_and_rr, h_and_ri},    {h_sub, h_sub_rr, h_sub_ri},
+	    {h_xor, h_xor_rr, h_xor_ri},    {h_cmp, h_cmp_rr, h_cmp_ri},
+	    {h_test, h_test_rr, h_test_ri},
+	};
+
+	if (i->nops != 2 || !is_gpr(&i->op[0]))
+		return h;
+	for (unsigned k = 0; k < sizeof(v) / sizeof(v[0]); k++) {
+		if (v[k].gen != h)
+			continue;
+		if (is_gpr(&i->op[1]))
+			return v[k].rr;
+		if (i->op[1].kind == EMU_OP_IMM)
+			return v[k].ri;
+	}
+	return h;
 }

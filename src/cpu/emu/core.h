@@ -278,6 +278,9 @@ uint64_t emu_pop(struct emu_cpu *c, unsigned size);
 emu_handler emu_alu_handler(unsigned mnemonic); /* alu.c */
 emu_handler emu_str_handler(unsigned mnemonic); /* string.c */
 emu_handler emu_ctl_handler(unsigned mnemonic); /* exec.c: branches, stack, flags, moves */
+/* Operand-kind-specific variants of an integer handler for one decoded insn (exec.c, alu.c). */
+emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h);
+emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h);
 
 /* ---- Decoded blocks (decode.c) ---- */
 struct emu_block {
@@ -287,6 +290,10 @@ struct emu_block {
 	uint8_t dmode;
 	uint16_t n;		/* instructions */
 	struct emu_block *next; /* hash chain */
+	/* Successors seen after this block (taken / fall-through), valid for one jc epoch. */
+	struct emu_block *succ[2];
+	uint64_t succ_rip[2];
+	uint32_t succ_epoch[2];
 	struct emu_insn insn[];
 };
 
@@ -294,6 +301,12 @@ int emu_bc_init(struct emu_cpu *c);
 void emu_bc_destroy(struct emu_cpu *c);
 /* The decoded block at c->rip (decodes on a miss); may raise #PF on the fetch. */
 const struct emu_block *emu_block_get(struct emu_cpu *c);
+/*
+ * As emu_block_get(), following prev's remembered successors first. prev is
+ * the block that just ran and ended normally, with no mode, CPL or event
+ * change since (NULL otherwise).
+ */
+struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev);
 enum emu_dmode emu_cur_dmode(const struct emu_cpu *c);
 /* Forget linear-address shortcuts to blocks (with every TLB flush). */
 void emu_bc_jc_flush(struct emu_cpu *c);

@@ -39,6 +39,7 @@ struct jc_entry {
 };
 
 struct emu_block_cache {
+	uint32_t epoch; /* bumped whenever jc is cleared: successor links die with it */
 	struct jc_entry jc[JC_SIZE];
 	struct emu_block *hash[BC_HASH_SIZE];
 	uint8_t *arena;
@@ -261,8 +262,11 @@ static emu_handler resolve(struct emu_cpu *c, const ZydisDecodedInstruction *zi,
 	bool sse_alias = (m == ZYDIS_MNEMONIC_MOVSD || m == ZYDIS_MNEMONIC_CMPSD) &&
 			 zi->operand_count_visible > 0;
 
-	if (m == zi->mnemonic && !sse_alias)
+	if (m == zi->mnemonic && !sse_alias) {
 		h = emu_int_handler(m);
+		if (h)
+			h = emu_int_specialize(i, h);
+	}
 	if (!h) {
 		h = emu_sys_handler(m);
 		if (h)
@@ -378,14 +382,17 @@ static inline unsigned bc_hash(uint64_t gpa, enum emu_dmode dm)
 
 void emu_bc_jc_flush(struct emu_cpu *c)
 {
-	if (c->bc)
+	if (c->bc) {
 		memset(c->bc->jc, 0, sizeof(c->bc->jc));
+		c->bc->epoch++;
+	}
 }
 
 static void bc_flush(struct emu_block_cache *bc)
 {
 	memset(bc->jc, 0, sizeof(bc->jc));
 	memset(bc->hash, 0, sizeof(bc->hash));
+	bc->epoch++;
 	bc->used = 0;
 }
 
@@ -420,6 +427,7 @@ static const struct emu_block *decode_block(struct emu_cpu *c, enum emu_dmode dm
 	b->gen = __atomic_load_n(&c->vm->code_gen[idx], __ATOMIC_ACQUIRE);
 	b->dmode = (uint8_t)dm;
 	b->n = 0;
+	memset(b->succ, 0, sizeof(b->succ));
 	while (!ends && off < 4096 && b->n < BLOCK_MAX_INSNS) {
 		struct emu_insn *i = &b->insn[b->n];
 
@@ -498,5 +506,33 @@ const struct emu_block *emu_block_get(struct emu_cpu *c)
 		e->dmode = (uint8_t)dm;
 		e->user = user;
 	}
+	return b;
+}
+
+struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
+{
+	struct emu_block_cache *bc = c->bc;
+	struct emu_block *b;
+	uint32_t epoch = bc->epoch;
+	int k;
+
+	if (!prev)
+		return (struct emu_block *)emu_block_get(c);
+	k = prev->succ_rip[0] == c->rip ? 0 : prev->succ_rip[1] == c->rip ? 1 : -1;
+	if (k >= 0) {
+		b = prev->succ[k];
+		if (likely(b && prev->succ_epoch[k] == epoch &&
+			   b->gen == __atomic_load_n(&c->vm->code_gen[b->page], __ATOMIC_ACQUIRE)))
+			return b;
+	}
+	b = (struct emu_block *)emu_block_get(c);
+	/* A cache flush inside emu_block_get() freed prev; the scratch block is never linked. */
+	if (bc->epoch != epoch || b == &bc->scratch.b)
+		return b;
+	if (k < 0)
+		k = prev->succ[0] && prev->succ_epoch[0] == epoch ? 1 : 0;
+	prev->succ[k] = b;
+	prev->succ_rip[k] = c->rip;
+	prev->succ_epoch[k] = epoch;
 	return b;
 }

@@ -305,6 +305,60 @@ static void h_mov(struct emu_cpu *c, const struct emu_insn *i)
 	op_wr(c, i, 0, op_rd(c, i, 1));
 }
 
+/* MOV forms by operand kind, picked at decode time (emu_int_specialize). */
+static void h_mov_rr(struct emu_cpu *c, const struct emu_insn *i)
+{
+	reg_wr(c, i->op[0].reg, i->op[0].size, c->gpr[i->op[1].reg]);
+}
+
+static void h_mov_rr64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	c->gpr[i->op[0].reg] = c->gpr[i->op[1].reg];
+}
+
+static void h_mov_ri(struct emu_cpu *c, const struct emu_insn *i)
+{
+	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)i->op[1].disp);
+}
+
+static void h_mov_rm(struct emu_cpu *c, const struct emu_insn *i)
+{
+	reg_wr(c, i->op[0].reg, i->op[0].size, mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size));
+}
+
+static void h_mov_mr(struct emu_cpu *c, const struct emu_insn *i)
+{
+	mem_wr(c, ea_la(c, &i->op[0]), i->op[0].size, c->gpr[i->op[1].reg]);
+}
+
+static bool is_gpr(const struct emu_operand *o)
+{
+	return o->kind == EMU_OP_REG && o->reg < 16;
+}
+
+static emu_handler mov_specialize(const struct emu_insn *i)
+{
+	const struct emu_operand *d = &i->op[0], *s = &i->op[1];
+
+	if (is_gpr(d) && is_gpr(s))
+		return d->size == 8 ? h_mov_rr64 : h_mov_rr;
+	if (is_gpr(d) && s->kind == EMU_OP_IMM)
+		return h_mov_ri;
+	if (is_gpr(d) && s->kind == EMU_OP_MEM)
+		return h_mov_rm;
+	if (d->kind == EMU_OP_MEM && is_gpr(s))
+		return h_mov_mr;
+	return h_mov;
+}
+
+/* A faster handler for this particular instruction's operand kinds, or h itself. */
+emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h)
+{
+	if (h == h_mov && i->nops == 2)
+		return mov_specialize(i);
+	return emu_alu_specialize(i, h);
+}
+
 static void h_movzx(struct emu_cpu *c, const struct emu_insn *i)
 {
 	op_wr(c, i, 0, op_rd(c, i, 1));
@@ -825,6 +879,7 @@ static bool events_due(struct emu_cpu *c)
 
 static enum vcpu_exit run_blocks(struct emu_cpu *c)
 {
+	struct emu_block *prev = NULL;
 	enum vcpu_exit ex;
 
 	for (;;) {
@@ -833,24 +888,29 @@ static enum vcpu_exit run_blocks(struct emu_cpu *c)
 			mmu_sync(c);
 		if (unlikely(events_due(c))) {
 			c->event_tick = 0;
+			/* Delivery may change RIP, CS and CPL: do not follow the chain. */
+			prev = NULL;
 			if (emu_check_events(c, &ex))
 				return ex;
 		}
 		if (unlikely(c->icount >= c->insn_limit))
 			return VCPU_EXIT_KICK;
 
-		const struct emu_block *b = emu_block_get(c);
+		struct emu_block *b = emu_block_next(c, prev);
 		const struct emu_insn *i = b->insn, *end = b->insn + b->n;
 
 		c->stop_block = false;
 		c->block_page = b->page;
+		prev = b;
 		for (; i < end; i++) {
 			c->next_rip = c->rip + i->len;
 			i->fn(c, i);
 			c->rip = c->next_rip;
 			c->icount++;
-			if (unlikely(c->stop_block))
+			if (unlikely(c->stop_block)) {
+				prev = NULL;
 				break;
+			}
 		}
 	}
 }
