@@ -877,7 +877,8 @@ static bool events_due(struct emu_cpu *c)
 	return ++c->event_tick >= EMU_EVENT_PERIOD;
 }
 
-static enum vcpu_exit run_blocks(struct emu_cpu *c)
+/* Not inlined into emu_exec(): setjmp there would pin this loop's state to memory. */
+static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 {
 	struct emu_block *prev = NULL;
 	enum vcpu_exit ex;
