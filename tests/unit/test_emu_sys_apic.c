@@ -19,12 +19,13 @@
 #include <cmocka.h>
 
 #include "unit/lib/emu_sys_vm.h"
+#include "vmm/vm.h"
 
 /* Interrupt handlers count in 0x21000 + (vec - 0x40) * 64 and EOI the APIC. */
 __asm__(".section .rodata\n"
 	".globl sa_start, sa_end, sa_timer_main, sa_hlt_main, sa_ipi_bsp, sa_ipi_ap\n"
 	".globl sa_sipi_bsp, sa_lock_main, sa_h40, sa_h41, sa_h42, sa_h43\n"
-	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp\n"
+	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp, sa_dirty_main\n"
 	".macro IRQ vec\n"
 	"sa_h\\vec:\n"
 	"	incq 0x21000+(0x\\vec-0x40)*64\n"
@@ -203,10 +204,17 @@ __asm__(".section .rodata\n"
 	"	jne 1b\n"
 	"	cli\n"
 	"	hlt\n"
+	/* Keep writing one page until told to stop. */
+	"sa_dirty_main:\n"
+	"1:	incq 0x40000\n"
+	"	cmpq $1, 0x20800\n"
+	"	jne 1b\n"
+	"	cli\n"
+	"	hlt\n"
 	"sa_end:\n"
 	".previous\n");
 
-extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[];
+extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[];
 extern const char sa_start[], sa_end[], sa_timer_main[], sa_hlt_main[], sa_ipi_bsp[], sa_ipi_ap[],
     sa_sipi_bsp[], sa_lock_main[], sa_h40[], sa_h41[], sa_h42[], sa_h43[];
 
@@ -425,6 +433,43 @@ static void test_init_sipi_long_mode(void **state)
 	assert_int_equal(v->cpu[1]->seg[SEG_CS].sel, 0x18);
 }
 
+static bool wait_dirty(struct esv *v, uint64_t page)
+{
+	uint64_t deadline = now_ns() + 5000000000ull;
+
+	while (now_ns() < deadline) {
+		if (__atomic_load_n(&v->gm.dirty[page / 64], __ATOMIC_ACQUIRE) >> (page % 64) & 1)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+/*
+ * The backend's sync_dirty: after the VMM clears a page's dirty bit, a vCPU
+ * still writing it must mark it again (its write TLB entry is dropped).
+ */
+static void test_sync_dirty(void **state)
+{
+	struct esv *v = *state;
+	struct vm vm = {.backend = &v->ev};
+	struct runner r;
+	uint64_t page = gm_page_index(&v->gm, 0x40000);
+
+	esv_enter(v, 0, G(sa_dirty_main), ESV_KSTACK);
+	start(&r, v, 0);
+	assert_true(wait_dirty(v, page));
+	for (int round = 0; round < 3; round++) {
+		assert_true(gm_test_clear_dirty(&v->gm, page));
+		assert_int_equal(cpu_backend_emu.sync_dirty(&vm), 0);
+		assert_true(wait_dirty(v, page));
+	}
+	esv_wr(v, 0x20800, 1);
+	pthread_join(r.t, NULL);
+	assert_int_equal(r.ex, VCPU_EXIT_HLT);
+	assert_true(esv_rd(v, 0x40000) > 0);
+}
+
 static void test_lock_two_threads(void **state)
 {
 	struct esv *v = *state;
@@ -578,6 +623,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_init_sipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi_long_mode, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_lock_two_threads, setup2, teardown),
+	    cmocka_unit_test_setup_teardown(test_sync_dirty, setup1, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
