@@ -114,6 +114,33 @@ index_modules() {
 	done < <(find "$1/kernel" -name '*.ko' -type f)
 }
 
+mod_aliases() {
+	tr '\0' '\n' <"$1" | sed -n 's/^alias=//p'
+}
+
+# One line per modalias pattern of each wanted module: the pattern, then the
+# module's files (relative to /lib/modules) in load order, dependencies
+# first. /init matches the modalias of each device it finds against these,
+# so it loads only the drivers of devices the machine has.
+write_aliases() {
+	local dir=$1 kver=$2 root=$3 m f pattern files
+	for m in "${want_modules[@]}"; do
+		mod_seen=()
+		mod_order=()
+		add_module "$m" "$dir"
+		[ ${#mod_order[@]} -gt 0 ] || continue
+		files=
+		for f in "${mod_order[@]}"; do
+			install -D -m 0644 "$dir/$f" "$root/lib/modules/$kver/$f"
+			files="$files $kver/$f"
+		done
+		while IFS= read -r pattern; do
+			case $pattern in *[[:space:]]*) continue ;; esac
+			echo "$pattern$files"
+		done < <(mod_aliases "$dir/${mod_path[$m]}")
+	done
+}
+
 mod_depends() {
 	tr '\0' '\n' <"$1" | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' '
 }
@@ -201,13 +228,7 @@ build() {
 	printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"
 
 	index_modules "$kdir"
-	for m in "${want_modules[@]}"; do
-		add_module "$m" "$kdir"
-	done
-	for m in "${mod_order[@]}"; do
-		install -D -m 0644 "$kdir/$m" "$root/lib/modules/$kver/$m"
-		echo "$kver/$m"
-	done >"$root/lib/modules/load-order"
+	write_aliases "$kdir" "$kver" "$root" >"$root/lib/modules/aliases"
 
 	# Fixed mtimes and sorted names: the same inputs give the same archive.
 	find "$root" -exec touch -h -d @0 {} +
