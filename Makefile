@@ -110,3 +110,13 @@ $(BF)/qcow2_fuzz: tests/fuzz/qcow2_fuzz.c $(wildcard src/block/*.c src/block/*.h
 fuzz-qcow2: $(BF)/qcow2_fuzz
 	bash tests/fuzz/qcow2_seeds.sh $(BF)/qcow2-corpus
 	$(BF)/qcow2_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 -close_fd_mask=2 $(BF)/qcow2-corpus
+
+# libFuzzer harness for the volume image index (not part of `make test`): make fuzz-volume FUZZ_TIME=60
+.PHONY: fuzz-volume
+$(BF)/volume_fuzz: tests/fuzz/volume_fuzz.c src/block/volume.c src/block/volume.h src/util/log.c
+	@mkdir -p $(BF)
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< src/block/volume.c src/util/log.c -lz
+
+fuzz-volume: $(BF)/volume_fuzz $(B)/tern
+	bash tests/fuzz/volume_seeds.sh $(B)/tern $(BF)/volume-corpus
+	$(BF)/volume_fuzz -max_total_time=$(FUZZ_TIME) -max_len=65536 -close_fd_mask=2 $(BF)/volume-corpus

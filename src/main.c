@@ -15,6 +15,7 @@ static const struct {
 	{"snapshot", cmd_snapshot, "boot a guest and snapshot it at a marker or time"},
 	{"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
 	{"nbd-serve", cmd_nbd_serve, "export a disk image over NBD"},
+	{"volume", cmd_volume, "pack many files into one read-only disk, list, unpack"},
 };
 
 static void usage(FILE *f)
