@@ -25,7 +25,7 @@
 __asm__(".section .rodata\n"
 	".globl sa_start, sa_end, sa_timer_main, sa_hlt_main, sa_ipi_bsp, sa_ipi_ap\n"
 	".globl sa_sipi_bsp, sa_lock_main, sa_h40, sa_h41, sa_h42, sa_h43\n"
-	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp, sa_dirty_main\n"
+	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp, sa_dirty_main, sa_dead_main\n"
 	".macro IRQ vec\n"
 	"sa_h\\vec:\n"
 	"	incq 0x21000+(0x\\vec-0x40)*64\n"
@@ -211,10 +211,13 @@ __asm__(".section .rodata\n"
 	"	jne 1b\n"
 	"	cli\n"
 	"	hlt\n"
+	"sa_dead_main:\n"
+	"	cli\n"
+	"	hlt\n"
 	"sa_end:\n"
 	".previous\n");
 
-extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[];
+extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[], sa_dead_main[];
 extern const char sa_start[], sa_end[], sa_timer_main[], sa_hlt_main[], sa_ipi_bsp[], sa_ipi_ap[],
     sa_sipi_bsp[], sa_lock_main[], sa_h40[], sa_h41[], sa_h42[], sa_h43[];
 
@@ -290,7 +293,7 @@ static void *run_thread(void *arg)
 {
 	struct runner *r = arg;
 
-	r->ex = esv_run(r->v, r->cpu, 0);
+	__atomic_store_n(&r->ex, esv_run(r->v, r->cpu, 0), __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -470,6 +473,36 @@ static void test_sync_dirty(void **state)
 	assert_true(esv_rd(v, 0x40000) > 0);
 }
 
+/*
+ * A vCPU halted with IF=0 (Linux's offline CPU) keeps sleeping while another
+ * vCPU runs, and INIT + SIPI bring it back; only when every vCPU is in that
+ * state does run() return VCPU_EXIT_HLT.
+ */
+static void test_init_wakes_halted(void **state)
+{
+	struct esv *v = *state;
+	struct runner a, b;
+	static const uint8_t rm[] = {0xb8, 0x34, 0x12, 0xa3, 0x00, 0x05, 0xfa, 0xf4};
+	uint64_t deadline = now_ns() + 5000000000ull;
+
+	gm_write(&v->gm, 0xf000, rm, sizeof(rm));
+	esv_enter(v, 1, G(sa_dead_main), ESV_KSTACK - 0x800);
+	start(&b, v, 1);
+	while (!__atomic_load_n(&v->cpu[1]->sys.dead, __ATOMIC_ACQUIRE) && now_ns() < deadline)
+		usleep(1000);
+	usleep(20000);
+	assert_int_equal(__atomic_load_n(&b.ex, __ATOMIC_ACQUIRE),
+			 VCPU_EXIT_ERROR); /* still in run() */
+	esv_enter(v, 0, G(sa_sipi_bsp), ESV_KSTACK);
+	start(&a, v, 0);
+	pthread_join(a.t, NULL);
+	pthread_join(b.t, NULL);
+	assert_int_equal(a.ex, VCPU_EXIT_HLT);
+	assert_int_equal(b.ex, VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, 0x500) & 0xffff, 0x1234);
+	assert_int_equal(v->cpu[1]->seg[SEG_CS].sel, 0x0f00);
+}
+
 static void test_lock_two_threads(void **state)
 {
 	struct esv *v = *state;
@@ -622,6 +655,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_ipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi_long_mode, setup2, teardown),
+	    cmocka_unit_test_setup_teardown(test_init_wakes_halted, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_lock_two_threads, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_sync_dirty, setup1, teardown),
 	};

@@ -57,6 +57,7 @@ struct emu_sys_cpu {
 	bool wait_sipi;	      /* AP after INIT: waits for a STARTUP IPI */
 	bool nmi_blocked;     /* an NMI handler runs until IRET */
 	bool shutdown;	      /* triple fault: run() returns VCPU_EXIT_SHUTDOWN */
+	bool dead;	      /* only INIT/SIPI/NMI can wake it (counted in emu_sys_vm.dead) */
 	int delivering;	      /* exception vector being delivered, -1: none (#DF logic) */
 	uint32_t pending_irq; /* atomic: nonzero when the APIC may have something to deliver */
 	uint32_t kick;	      /* atomic: the VMM wants run() to return */
@@ -73,6 +74,7 @@ struct emu_sys_vm {
 	pthread_mutex_t lock; /* IOAPIC; set up by emu_vm_init() */
 	struct emu_ioapic ioapic;
 	uint64_t time_base; /* host ns at TSC 0 */
+	uint32_t dead;	    /* atomic: vCPUs with sys.dead set; all of them: run() returns HLT */
 };
 
 /*

@@ -471,6 +471,36 @@ static bool blocked_work(struct emu_cpu *c)
 	return (c->sys.nmi_pending && !c->sys.nmi_blocked) || emu_apic_has_irq(c);
 }
 
+static bool all_dead(struct emu_cpu *c)
+{
+	return __atomic_load_n(&c->vm->sys.dead, __ATOMIC_ACQUIRE) >= (uint32_t)c->vm->ncpus;
+}
+
+/* Count the vCPUs nothing but INIT/SIPI/NMI can wake; the last one wakes the others. */
+static void set_dead(struct emu_cpu *c, bool dead)
+{
+	struct emu_vm *ev = c->vm;
+
+	if (c->sys.dead == dead)
+		return;
+	c->sys.dead = dead;
+	if (!dead) {
+		__atomic_sub_fetch(&ev->sys.dead, 1, __ATOMIC_ACQ_REL);
+		return;
+	}
+	if (__atomic_add_fetch(&ev->sys.dead, 1, __ATOMIC_ACQ_REL) < (uint32_t)ev->ncpus)
+		return;
+	for (int n = 0; n < ev->ncpus; n++) {
+		struct emu_cpu *t = __atomic_load_n(&ev->cpus[n], __ATOMIC_ACQUIRE);
+
+		if (!t || t == c)
+			continue;
+		pthread_mutex_lock(&t->sys.apic.lock);
+		pthread_cond_broadcast(&t->sys.apic.wake);
+		pthread_mutex_unlock(&t->sys.apic.lock);
+	}
+}
+
 /*
  * Sleep until an interrupt, INIT/SIPI, a kick or the next timer expiry. The
  * wake-up condition is re-checked under apic.lock, where posters set it.
@@ -484,6 +514,8 @@ static void idle_wait(struct emu_cpu *c, bool irqs)
 	pthread_mutex_lock(&a->lock);
 	for (;;) {
 		if (a->nmi || a->init || a->sipi || __atomic_load_n(&c->sys.kick, __ATOMIC_ACQUIRE))
+			break;
+		if (!irqs && all_dead(c))
 			break;
 		if (irqs) {
 			bool irr = false;
@@ -533,10 +565,23 @@ bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit)
 			do_sipi(c, sipi);
 		if (ev & EMU_EV_NMI)
 			c->sys.nmi_pending = true;
-		if (c->sys.wait_sipi) {
+		if (c->sys.wait_sipi ||
+		    (c->sys.halted && !(c->rflags & X_IF) && !c->sys.nmi_pending)) {
+			/*
+			 * Only INIT, SIPI or NMI can wake it: sleep for them while
+			 * another vCPU may still send one; when none can, all
+			 * return VCPU_EXIT_HLT and the VMM decides.
+			 */
+			set_dead(c, true);
+			if (all_dead(c)) {
+				sys_set_pending(c);
+				*exit = VCPU_EXIT_HLT;
+				return true;
+			}
 			idle_wait(c, false);
 			continue;
 		}
+		set_dead(c, false);
 		if (inject(c, shadow_active(c))) {
 			if (blocked_work(c))
 				sys_set_pending(c);
@@ -546,12 +591,6 @@ bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit)
 			if (blocked_work(c))
 				sys_set_pending(c);
 			return false;
-		}
-		if (!(c->rflags & X_IF) && !c->sys.nmi_pending) {
-			/* Nothing can wake it but an NMI or INIT: let the VMM decide. */
-			sys_set_pending(c);
-			*exit = VCPU_EXIT_HLT;
-			return true;
 		}
 		idle_wait(c, true);
 	}
@@ -568,6 +607,7 @@ int emu_sys_vm_init(struct emu_vm *ev)
 	for (unsigned n = 0; n < IOAPIC_NUM_PINS; n++)
 		io->redir[n] = 1ull << 16; /* masked */
 	ev->sys.time_base = emu_now_ns();
+	ev->sys.dead = 0;
 	return 0;
 }
 
