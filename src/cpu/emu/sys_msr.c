@@ -48,9 +48,9 @@ uint64_t emu_rdtsc(struct emu_cpu *c)
  */
 #define F7_EBX (1u << 1)
 #define F7_EDX (1u << 29)
-/* 0x80000001 ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, RDTSCP, LM. */
+/* 0x80000001 ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, 1 GiB pages, RDTSCP, LM. */
 #define F81_ECX (1u << 0)
-#define F81_EDX ((1u << 11) | (1u << 20) | (1u << 27) | (1u << 29))
+#define F81_EDX ((1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29))
 
 /*
  * Not vulnerable to what Linux would otherwise mitigate at great cost in an
