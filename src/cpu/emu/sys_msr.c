@@ -38,8 +38,8 @@ uint64_t emu_rdtsc(struct emu_cpu *c)
 	((1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |       \
 	 (1u << 12) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 17) | (1u << 19) |             \
 	 (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26))
-/* Leaf 1 ECX: CX16, POPCNT, TSC-deadline, hypervisor. */
-#define F1_ECX ((1u << 13) | (1u << 23) | (1u << 24) | (1u << 31))
+/* Leaf 1 ECX: CX16, POPCNT, TSC-deadline, RDRAND (host getrandom), hypervisor. */
+#define F1_ECX ((1u << 13) | (1u << 23) | (1u << 24) | (1u << 30) | (1u << 31))
 /*
  * Leaf 7 EBX: IA32_TSC_ADJUST. With an invariant TSC it makes Linux trust
  * the TSC without a clocksource watchdog, which would otherwise compare it
