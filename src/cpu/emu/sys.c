@@ -148,11 +148,14 @@ static void load_seg_real(struct emu_cpu *c, int seg, uint16_t sel)
 
 void emu_load_seg(struct emu_cpu *c, int seg, uint16_t sel)
 {
-	struct cpu_seg *s = &c->seg[seg];
+	struct cpu_seg *s;
 	unsigned rpl = sel & 3;
 	uint64_t d;
 	struct cpu_seg n;
 
+	if (seg < SEG_ES || seg > SEG_GS)
+		emu_raise(c, EMU_UD, EMU_NO_ERR);
+	s = &c->seg[seg];
 	if (seg == SEG_SS) {
 		/* The instruction after a load of SS runs before any interrupt. */
 		c->sys.intr_shadow = true;
@@ -163,7 +166,7 @@ void emu_load_seg(struct emu_cpu *c, int seg, uint16_t sel)
 		load_seg_real(c, seg, sel);
 		return;
 	}
-	if (seg == SEG_CS || seg >= SEG_NONE)
+	if (seg == SEG_CS)
 		emu_raise(c, EMU_UD, EMU_NO_ERR);
 	if ((sel & ~3u) == 0) {
 		if (seg == SEG_SS && !(c->mode64 && c->cpl != 3 && rpl == c->cpl))

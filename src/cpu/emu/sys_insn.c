@@ -931,7 +931,7 @@ static void op_ins_outs(struct emu_cpu *c, const struct emu_insn *i)
 			emu_write(c, la, size, 0);
 			emu_write(c, la, size, pio(c, port, size, 0, 0xffffffffu));
 		} else {
-			int seg = i->seg < SEG_NONE ? i->seg : SEG_DS;
+			int seg = i->seg <= SEG_GS ? i->seg : SEG_DS;
 
 			pio(c, port, size, 1, (uint32_t)emu_read(c, seg_la(c, seg, off), size));
 		}
