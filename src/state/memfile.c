@@ -64,12 +64,12 @@ static void mem_header(uint8_t *h, uint64_t size, const uint8_t id[SNAP_ID_LEN])
 		h[MEM_HDR_CRC_OFF + i] = (uint8_t)(crc >> (8 * i));
 }
 
-/* Runs of non-zero pages (16 MiB at most) become one write each. */
-static int write_pages(int fd, const struct guest_mem *gm)
+/* Runs of non-zero pages in [first, end) (16 MiB at most) become one write each. */
+static int write_range(int fd, const struct guest_mem *gm, uint64_t first, uint64_t end)
 {
-	uint64_t pg = 0;
+	uint64_t pg = first;
 
-	while (pg < gm->npages) {
+	while (pg < end) {
 		uint64_t run = pg;
 		int err;
 
@@ -77,13 +77,44 @@ static int write_pages(int fd, const struct guest_mem *gm)
 			pg++;
 			continue;
 		}
-		while (pg < gm->npages && pg - run < 4096 &&
+		while (pg < end && pg - run < 4096 &&
 		       !page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT)))
 			pg++;
 		err = pwrite_all(fd, gm->hva + (run << GM_PAGE_SHIFT), (pg - run) << GM_PAGE_SHIFT,
 				 SNAP_MEM_DATA_OFF + (run << GM_PAGE_SHIFT));
 		if (err)
 			return err;
+	}
+	return 0;
+}
+
+/*
+ * With a memfd behind guest RAM, its holes (never touched, or released by
+ * reclaim) are skipped without reading them: reading would allocate them.
+ * Otherwise (a restored VM's private mapping) every page is looked at.
+ */
+static int write_pages(int fd, const struct guest_mem *gm)
+{
+	off_t off = 0, end;
+
+	if (gm->fd < 0 || lseek(gm->fd, 0, SEEK_HOLE) < 0)
+		return write_range(fd, gm, 0, gm->npages);
+	while ((uint64_t)off < gm->size) {
+		int err;
+
+		off = lseek(gm->fd, off, SEEK_DATA);
+		if (off < 0)
+			return errno == ENXIO ? 0 : -errno;
+		end = lseek(gm->fd, off, SEEK_HOLE);
+		if (end < 0)
+			return -errno;
+		if ((uint64_t)end > gm->size)
+			end = (off_t)gm->size;
+		err = write_range(fd, gm, (uint64_t)off >> GM_PAGE_SHIFT,
+				  ((uint64_t)end + GM_PAGE_SIZE - 1) >> GM_PAGE_SHIFT);
+		if (err)
+			return err;
+		off = end;
 	}
 	return 0;
 }
