@@ -21,6 +21,7 @@
 
 #include "api/api.h"
 #include "arch/x86/machine.h"
+#include "block/nbd.h"
 #include "cmd/cmd.h"
 #include "cpu/cpu.h"
 #include "hw/pci.h"
@@ -129,6 +130,9 @@ static int parse_disk(struct run_opts *o, const char *arg)
 	if (!d->path)
 		return 1;
 	o->ndisks++;
+	/* A network disk has no path to check here: blk_open connects and reports. */
+	if (nbd_is_uri(d->path))
+		return 0;
 	fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (fd < 0) {
 		fprintf(stderr, "tern run: --disk %s: cannot open %s: %s; check the path%s\n",
