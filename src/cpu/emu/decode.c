@@ -3,7 +3,8 @@
  * cache.
  *
  * A block is a run of instructions starting at one guest-physical address in
- * one decode mode; it ends at a branch, at an instruction the system part
+ * one decode mode; it ends at an unconditional branch, call or return (a
+ * taken conditional branch leaves it early), at an instruction the system part
  * handles (it may change modes), at #UD, or at the page end. Blocks live in a
  * per-vCPU arena, found through a hash on (gpa, mode), and stay valid while
  * their page's emu_vm.code_gen is unchanged. An instruction that crosses a
@@ -279,8 +280,8 @@ static emu_handler resolve(struct emu_cpu *c, const ZydisDecodedInstruction *zi,
 		*ends = true;
 		return emu_h_ud;
 	}
+	/* Conditional branches do not end a block: a taken one leaves it early (exec.c). */
 	switch (zi->meta.category) {
-	case ZYDIS_CATEGORY_COND_BR:
 	case ZYDIS_CATEGORY_UNCOND_BR:
 	case ZYDIS_CATEGORY_CALL:
 	case ZYDIS_CATEGORY_RET:

@@ -904,7 +904,9 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 		c->block_page = b->page;
 		prev = b;
 		for (; i < end; i++) {
-			c->next_rip = c->rip + i->len;
+			uint64_t fall = c->rip + i->len;
+
+			c->next_rip = fall;
 			i->fn(c, i);
 			c->rip = c->next_rip;
 			c->icount++;
@@ -912,6 +914,8 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 				prev = NULL;
 				break;
 			}
+			if (c->rip != fall)
+				break; /* a taken conditional branch leaves the block here */
 		}
 	}
 }
