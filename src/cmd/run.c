@@ -70,7 +70,7 @@ static void run_usage(FILE *f)
 		"(Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A).\n"
 		"\n"
 		"options:\n"
-		"  --kernel PATH       bzImage to boot (default: guest/out/vmlinuz)\n"
+		"  --kernel PATH       bzImage or vmlinux ELF to boot (default: guest/out/vmlinuz)\n"
 		"  --initrd PATH       initrd (default: guest/out/initrd with the default kernel)\n"
 		"  --cmdline STR       appended to the kernel command line\n"
 		"  --cpus N            vCPUs (default 1, at most %d)\n"

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <elf.h>
+#include <lz4.h>
 
 #include "arch/x86/boot.h"
 
@@ -60,6 +62,81 @@ static uint8_t *fake_bzimage(size_t pm_size, size_t *size)
 	for (size_t i = 0; i < pm_size; i++)
 		k[setup + i] = (uint8_t)(i * 7 + 1);
 	*size = setup + pm_size;
+	return k;
+}
+
+/*
+ * A small vmlinux: text at 16 MiB, data plus bss at 18 MiB, linked high like
+ * x86-64 Linux (virtual 0xffffffff8xxxxxxx, physical in p_paddr), entry at
+ * the physical start of the text.
+ */
+#define VM_TEXT_PA 0x1000000ull
+#define VM_DATA_PA 0x1200000ull
+#define VM_VIRT(pa) (0xffffffff80000000ull + (pa))
+#define VM_TEXT_SZ 8192
+#define VM_DATA_SZ 4096
+#define VM_BSS_SZ 65536
+
+static uint8_t *fake_vmlinux(size_t *size)
+{
+	size_t off = 4096, n = off + VM_TEXT_SZ + VM_DATA_SZ;
+	uint8_t *k = calloc(1, n);
+	Elf64_Ehdr *eh = (Elf64_Ehdr *)k;
+	Elf64_Phdr *ph = (Elf64_Phdr *)(k + sizeof(*eh));
+
+	assert_non_null(k);
+	memcpy(eh->e_ident, ELFMAG, SELFMAG);
+	eh->e_ident[EI_CLASS] = ELFCLASS64;
+	eh->e_ident[EI_DATA] = ELFDATA2LSB;
+	eh->e_ident[EI_VERSION] = EV_CURRENT;
+	eh->e_type = ET_EXEC;
+	eh->e_machine = EM_X86_64;
+	eh->e_version = EV_CURRENT;
+	eh->e_entry = VM_TEXT_PA;
+	eh->e_phoff = sizeof(*eh);
+	eh->e_ehsize = sizeof(*eh);
+	eh->e_phentsize = sizeof(*ph);
+	eh->e_phnum = 3;
+	ph[0] = (Elf64_Phdr){.p_type = PT_LOAD,
+			     .p_offset = off,
+			     .p_vaddr = VM_VIRT(VM_TEXT_PA),
+			     .p_paddr = VM_TEXT_PA,
+			     .p_filesz = VM_TEXT_SZ,
+			     .p_memsz = VM_TEXT_SZ};
+	ph[1] = (Elf64_Phdr){.p_type = PT_NOTE, .p_offset = off, .p_filesz = 16, .p_memsz = 16};
+	ph[2] = (Elf64_Phdr){.p_type = PT_LOAD,
+			     .p_offset = off + VM_TEXT_SZ,
+			     .p_vaddr = VM_VIRT(VM_DATA_PA),
+			     .p_paddr = VM_DATA_PA,
+			     .p_filesz = VM_DATA_SZ,
+			     .p_memsz = VM_DATA_SZ + VM_BSS_SZ};
+	for (size_t i = off; i < n; i++)
+		k[i] = (uint8_t)(i * 13 + 5);
+	*size = n;
+	return k;
+}
+
+/* The kernel build's legacy LZ4 frame with its size trailer, around one block. */
+static size_t lz4_legacy(const uint8_t *in, size_t n, uint8_t *out, size_t cap)
+{
+	int c = LZ4_compress_default((const char *)in, (char *)out + 8, (int)n, (int)cap - 12);
+
+	assert_true(c > 0);
+	put32(out, 0x184c2102);
+	put32(out + 4, (uint32_t)c);
+	put32(out + 8 + c, (uint32_t)n);
+	return 12 + (size_t)c;
+}
+
+/* A bzImage whose payload (at offset 0x100 of the protected-mode part) is given. */
+static uint8_t *bzimage_with_payload(const uint8_t *payload, size_t plen, size_t *size)
+{
+	size_t pm = 0x100 + plen + 0x40;
+	uint8_t *k = fake_bzimage(pm, size);
+
+	memcpy(k + 5 * 512 + 0x100, payload, plen);
+	put32(k + 0x248, 0x100);
+	put32(k + 0x24c, (uint32_t)plen);
 	return k;
 }
 
@@ -260,6 +337,174 @@ static void test_e820_high_memory(void **state)
 	gm_destroy(&gm);
 }
 
+static void check_vmlinux_loaded(struct ctx *c, const uint8_t *elf)
+{
+	const uint8_t *data;
+
+	assert_memory_equal(gm_ptr(&c->gm, VM_TEXT_PA, VM_TEXT_SZ), elf + 4096, VM_TEXT_SZ);
+	data = gm_ptr(&c->gm, VM_DATA_PA, VM_DATA_SZ + VM_BSS_SZ);
+	assert_memory_equal(data, elf + 4096 + VM_TEXT_SZ, VM_DATA_SZ);
+	for (size_t i = VM_DATA_SZ; i < VM_DATA_SZ + VM_BSS_SZ; i++)
+		assert_int_equal(data[i], 0);
+	/* Nothing lands between the segments. */
+	assert_int_equal(*(const uint8_t *)gm_ptr(&c->gm, VM_TEXT_PA + VM_TEXT_SZ, 1), 0xcc);
+}
+
+static void test_vmlinux_elf(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t ksize;
+	uint8_t *k = fake_vmlinux(&ksize), *bp;
+	uint8_t initrd[5000];
+	struct cpu_state st;
+
+	/* Dirty RAM, so loading must write every byte of the segments (bss too). */
+	memset(gm_ptr_w(&c->gm, VM_TEXT_PA, 4 * MiB), 0xcc, 4 * MiB);
+	memset(initrd, 0x5a, sizeof(initrd));
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, initrd, sizeof(initrd), "console=ttyS0",
+					 0xe0000, &bi),
+			 0);
+	assert_true(bi.direct);
+	assert_int_equal(bi.entry, VM_TEXT_PA);
+	assert_int_equal(bi.kernel_addr, VM_TEXT_PA);
+	assert_int_equal(bi.init_size, VM_DATA_PA + VM_DATA_SZ + VM_BSS_SZ - VM_TEXT_PA);
+	check_vmlinux_loaded(c, k);
+	/* A setup header is made for it: magic, protocol 2.15, loader, 64-bit entry. */
+	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
+	assert_int_equal(bp[0x1fe] | bp[0x1ff] << 8, 0xaa55);
+	assert_memory_equal(bp + 0x202, "HdrS", 4);
+	assert_int_equal(bp[0x206] | bp[0x207] << 8, 0x020f);
+	assert_int_equal(bp[0x210], 0xff);
+	assert_int_equal(bp[0x211] & 1, 1);
+	assert_int_equal(bp[0x236] & 1, 1);
+	assert_int_equal(get32(bp + 0x228), BOOT_CMDLINE_ADDR);
+	assert_int_equal(get32(bp + 0x70), 0xe0000);
+	/* The initrd stays clear of the image, bss included. */
+	assert_true(bi.initrd_addr >= VM_DATA_PA + VM_DATA_SZ + VM_BSS_SZ);
+	assert_int_equal(get32(bp + 0x218), bi.initrd_addr);
+	boot_cpu_state(&bi, &st);
+	assert_int_equal(st.rip, VM_TEXT_PA);
+	assert_int_equal(st.gpr[6], BOOT_PARAMS_ADDR);
+
+	/* A virtual entry address is translated through its segment. */
+	((Elf64_Ehdr *)k)->e_entry = VM_VIRT(VM_TEXT_PA) + 0x40;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_int_equal(bi.entry, VM_TEXT_PA + 0x40);
+	free(k);
+}
+
+static void test_vmlinux_hostile(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t ksize;
+	uint8_t *k = fake_vmlinux(&ksize);
+	Elf64_Ehdr *eh = (Elf64_Ehdr *)k;
+	Elf64_Phdr *ph = (Elf64_Phdr *)(k + sizeof(*eh));
+	Elf64_Phdr saved = ph[2];
+
+	/* Program headers past the end of the file, or too many of them. */
+	eh->e_phoff = ksize - 8;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	eh->e_phoff = sizeof(*eh);
+	eh->e_phnum = 0xffff;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	eh->e_phnum = 3;
+	/* Not x86-64, not 64-bit. */
+	eh->e_machine = EM_386;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	eh->e_machine = EM_X86_64;
+	eh->e_ident[EI_CLASS] = ELFCLASS32;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	eh->e_ident[EI_CLASS] = ELFCLASS64;
+	/* Segment data past the end of the file; more file bytes than memory. */
+	ph[2].p_offset = ksize - 16;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	ph[2] = saved;
+	ph[2].p_filesz = ph[2].p_memsz + 1;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	ph[2] = saved;
+	/* Over the boot structures below 1 MiB; past the end of RAM; wrapping around. */
+	ph[2].p_paddr = 0x7000;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	ph[2].p_paddr = 128 * MiB - 4096;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	ph[2].p_paddr = 0xfffffffffffff000ull;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOMEM);
+	ph[2] = saved;
+	/* An entry outside what was loaded. */
+	eh->e_entry = 0x5000000;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	eh->e_entry = VM_TEXT_PA;
+	/* Nothing to load. */
+	ph[0].p_type = PT_NULL;
+	ph[2].p_type = PT_NULL;
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), -ENOEXEC);
+	free(k);
+}
+
+/* A bzImage with an LZ4 payload is entered at the vmlinux inside, not at the decompressor. */
+static void test_bzimage_payload_direct(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t esize, ksize, plen;
+	uint8_t *elf = fake_vmlinux(&esize);
+	uint8_t *payload = malloc(2 * esize + 64), *k, *bp;
+	uint8_t initrd[100];
+
+	assert_non_null(payload);
+	memset(gm_ptr_w(&c->gm, VM_TEXT_PA, 4 * MiB), 0xcc, 4 * MiB);
+	plen = lz4_legacy(elf, esize, payload, 2 * esize + 64);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, initrd, sizeof(initrd), "quiet", 0, &bi),
+			 0);
+	assert_true(bi.direct);
+	assert_int_equal(bi.entry, VM_TEXT_PA);
+	check_vmlinux_loaded(c, elf);
+	/* The zero page carries the bzImage's own header. */
+	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
+	assert_memory_equal(bp + 0x1f1, k + 0x1f1, 0x210 - 0x1f1);
+	assert_int_equal(get32(bp + 0x248), 0x100);
+	/* init_size (3 MiB from 16 MiB) still keeps the initrd away. */
+	assert_true(bi.initrd_addr >= 0x1000000 + 3 * MiB);
+	free(k);
+
+	/* A corrupt payload: the guest's decompressor gets the image as before. */
+	payload[8 + 3] ^= 0xff;
+	payload[plen - 5] ^= 0xff;
+	put32(payload + 4, (uint32_t)plen * 4);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_false(bi.direct);
+	assert_int_equal(bi.entry, 0x1000200);
+	assert_memory_equal(gm_ptr(&c->gm, 0x1000000, ksize - 5 * 512), k + 5 * 512,
+			    ksize - 5 * 512);
+	free(k);
+
+	/* An unknown format, and a payload reaching past the image: the same fallback. */
+	memset(payload, 0x42, 16);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_false(bi.direct);
+	put32(k + 0x24c, 0x7ffffff0);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_false(bi.direct);
+	assert_int_equal(bi.entry, 0x1000200);
+	free(k);
+
+	/* A payload that decompresses to something that is not an ELF file. */
+	memset(elf, 0x11, 64);
+	plen = lz4_legacy(elf, esize, payload, 2 * esize + 64);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_false(bi.direct);
+	free(k);
+	free(payload);
+	free(elf);
+}
+
 /* The real default guest kernel, when it has been built. */
 static void test_real_kernel(void **state)
 {
@@ -291,6 +536,9 @@ static void test_real_kernel(void **state)
 	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
 	assert_int_equal(bp[0x210], 0xff);
 	assert_int_equal(bp[0x1e8], 4);
+	/* Debian's payload (LZ4) is decompressed here; the entry is startup_64 inside it. */
+	assert_true(bi.direct);
+	assert_true(bi.entry >= bi.kernel_addr && bi.entry < bi.kernel_addr + bi.kernel_size);
 	free(k);
 }
 
@@ -302,6 +550,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_rejects_bad_images, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_initrd_too_big, setup, teardown),
 	    cmocka_unit_test(test_e820_high_memory),
+	    cmocka_unit_test_setup_teardown(test_vmlinux_elf, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_vmlinux_hostile, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bzimage_payload_direct, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_real_kernel, setup, teardown),
 	};
 

@@ -6,9 +6,12 @@
  */
 #include "arch/x86/boot.h"
 
+#include <elf.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "arch/x86/kpayload.h"
 #include "util/log.h"
 
 /* Setup header (offsets into the image file and into boot_params alike). */
@@ -27,6 +30,8 @@
 #define HDR_RELOCATABLE 0x234
 #define HDR_XLOADFLAGS 0x236
 #define HDR_CMDLINE_SIZE 0x238
+#define HDR_PAYLOAD_OFFSET 0x248
+#define HDR_PAYLOAD_LENGTH 0x24c
 #define HDR_PREF_ADDRESS 0x258
 #define HDR_INIT_SIZE 0x260
 #define HDR_MIN_FILE 0x268 /* an image must hold the header up to init_size */
@@ -107,6 +112,7 @@ int boot_e820(const struct guest_mem *gm, struct e820_entry *e, int max)
 struct bzimage {
 	const uint8_t *k;
 	size_t ksize;
+	const uint8_t *hdr; /* setup header source: the image's, or one made for a vmlinux */
 	uint16_t version;
 	uint64_t setup_size; /* real-mode part, skipped: we enter at the 64-bit entry */
 	uint64_t pm_size;    /* protected-mode kernel bytes */
@@ -127,6 +133,7 @@ static int bzimage_parse(const uint8_t *k, size_t ksize, struct bzimage *bz)
 	}
 	bz->k = k;
 	bz->ksize = ksize;
+	bz->hdr = k;
 	bz->version = rd16(k + HDR_VERSION);
 	if (bz->version < BOOT_PROTOCOL_MIN) {
 		pr_err("kernel: boot protocol %u.%02u is too old (need 2.12 or newer)",
@@ -198,13 +205,13 @@ static int zero_page_fill(uint8_t *bp, const struct bzimage *bz, const struct gu
 			  const struct boot_info *bi, uint64_t rsdp)
 {
 	struct e820_entry e[BP_E820_MAX];
-	size_t hdr_end = 0x202 + (size_t)bz->k[HDR_JUMP_END];
+	size_t hdr_end = 0x202 + (size_t)bz->hdr[HDR_JUMP_END];
 	int n;
 
 	memset(bp, 0, BP_SIZE);
 	if (hdr_end > HDR_MAX_END)
 		hdr_end = HDR_MAX_END;
-	memcpy(bp + HDR_SETUP_SECTS, bz->k + HDR_SETUP_SECTS, hdr_end - HDR_SETUP_SECTS);
+	memcpy(bp + HDR_SETUP_SECTS, bz->hdr + HDR_SETUP_SECTS, hdr_end - HDR_SETUP_SECTS);
 	bp[HDR_TYPE_OF_LOADER] = 0xff;
 	wr32(bp + HDR_CMD_LINE_PTR, (uint32_t)bi->cmdline);
 	wr32(bp + BP_EXT_CMD_LINE_PTR, (uint32_t)(bi->cmdline >> 32));
@@ -238,30 +245,219 @@ static int cmdline_place(struct guest_mem *gm, const struct bzimage *bz, const c
 	return gm_write(gm, BOOT_CMDLINE_ADDR, cmdline, len + 1);
 }
 
+/* ---- vmlinux: an ELF kernel entered at startup_64 -------------------------------- */
+
+static bool is_elf(const uint8_t *k, size_t ksize)
+{
+	return ksize >= sizeof(Elf64_Ehdr) && !memcmp(k, ELFMAG, SELFMAG);
+}
+
+static int elf_check(const uint8_t *k, size_t ksize, const Elf64_Ehdr **ehp)
+{
+	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)k;
+
+	if (eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_ident[EI_DATA] != ELFDATA2LSB ||
+	    eh->e_machine != EM_X86_64 || eh->e_type != ET_EXEC ||
+	    eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0 || eh->e_phoff > ksize ||
+	    (ksize - eh->e_phoff) / sizeof(Elf64_Phdr) < eh->e_phnum) {
+		pr_err("kernel: not a 64-bit x86 vmlinux ELF executable");
+		return -ENOEXEC;
+	}
+	*ehp = eh;
+	return 0;
+}
+
+/* One PT_LOAD segment at its physical address: file bytes, then zeroes (bss). */
+static int elf_load_segment(struct guest_mem *gm, const uint8_t *k, size_t ksize,
+			    const Elf64_Phdr *ph)
+{
+	uint8_t *dst;
+
+	if (ph->p_filesz > ph->p_memsz || ph->p_offset > ksize ||
+	    ksize - ph->p_offset < ph->p_filesz || ph->p_paddr < ACPI_TABLES_END ||
+	    ph->p_paddr >= gm->low_size || gm->low_size - ph->p_paddr < ph->p_memsz) {
+		pr_err("kernel: ELF segment at 0x%llx (+0x%llx) outside the file or the guest's "
+		       "RAM below 3 GiB",
+		       (unsigned long long)ph->p_paddr, (unsigned long long)ph->p_memsz);
+		return -ENOMEM;
+	}
+	dst = gm_ptr_w(gm, ph->p_paddr, ph->p_memsz);
+	if (!dst)
+		return -ENOMEM;
+	memcpy(dst, k + ph->p_offset, ph->p_filesz);
+	memset(dst + ph->p_filesz, 0, ph->p_memsz - ph->p_filesz);
+	return 0;
+}
+
+/* The ELF entry is startup_64's physical address; a virtual one is translated. */
+static int elf_entry(const Elf64_Ehdr *eh, const Elf64_Phdr *phs, uint64_t lo, uint64_t hi,
+		     uint64_t *entry)
+{
+	uint64_t e = eh->e_entry;
+
+	for (unsigned i = 0; (e < lo || e >= hi) && i < eh->e_phnum; i++)
+		if (phs[i].p_type == PT_LOAD && e >= phs[i].p_vaddr &&
+		    e - phs[i].p_vaddr < phs[i].p_filesz)
+			e = e - phs[i].p_vaddr + phs[i].p_paddr;
+	if (e < lo || e >= hi) {
+		pr_err("kernel: ELF entry 0x%llx is outside the loaded image",
+		       (unsigned long long)eh->e_entry);
+		return -ENOEXEC;
+	}
+	*entry = e;
+	return 0;
+}
+
+/* Load every PT_LOAD segment; bi gets the image's extent and entry point. */
+static int vmlinux_load(struct guest_mem *gm, const uint8_t *k, size_t ksize, struct boot_info *bi)
+{
+	const Elf64_Ehdr *eh;
+	const Elf64_Phdr *phs;
+	uint64_t lo = UINT64_MAX, hi = 0;
+	int err = elf_check(k, ksize, &eh);
+
+	if (err)
+		return err;
+	phs = (const Elf64_Phdr *)(k + eh->e_phoff);
+	for (unsigned i = 0; i < eh->e_phnum; i++) {
+		if (phs[i].p_type != PT_LOAD || !phs[i].p_memsz)
+			continue;
+		err = elf_load_segment(gm, k, ksize, &phs[i]);
+		if (err)
+			return err;
+		if (phs[i].p_paddr < lo)
+			lo = phs[i].p_paddr;
+		if (phs[i].p_paddr + phs[i].p_memsz > hi)
+			hi = phs[i].p_paddr + phs[i].p_memsz;
+	}
+	if (hi == 0) {
+		pr_err("kernel: the ELF file has nothing to load");
+		return -ENOEXEC;
+	}
+	err = elf_entry(eh, phs, lo, hi, &bi->entry);
+	if (err)
+		return err;
+	bi->kernel_addr = lo;
+	bi->kernel_size = hi - lo;
+	bi->init_size = hi - lo;
+	return 0;
+}
+
+/*
+ * The setup header a bzImage would carry, for a bare vmlinux: the kernel
+ * reads the boot protocol version, loader type and load flags from it.
+ */
+static void vmlinux_header(uint8_t *hdr, const struct boot_info *bi, struct bzimage *bz)
+{
+	memset(hdr, 0, HDR_MAX_END);
+	hdr[HDR_BOOT_FLAG] = 0x55;
+	hdr[HDR_BOOT_FLAG + 1] = 0xaa;
+	hdr[HDR_JUMP_END] = HDR_MAX_END - 0x202;
+	memcpy(hdr + HDR_MAGIC, "HdrS", 4);
+	hdr[HDR_VERSION] = 0x0f;
+	hdr[HDR_VERSION + 1] = 0x02;
+	hdr[HDR_LOADFLAGS] = LOADFLAG_LOADED_HIGH;
+	wr32(hdr + HDR_INITRD_ADDR_MAX, 0x7fffffff);
+	wr32(hdr + HDR_KERNEL_ALIGNMENT, 0x200000);
+	hdr[HDR_XLOADFLAGS] = XLF_KERNEL_64;
+	wr32(hdr + HDR_CMDLINE_SIZE, 2047);
+	wr64(hdr + HDR_PREF_ADDRESS, bi->kernel_addr);
+	wr32(hdr + HDR_INIT_SIZE, (uint32_t)bi->init_size);
+	memset(bz, 0, sizeof(*bz));
+	bz->hdr = hdr;
+	bz->version = 0x020f;
+	bz->initrd_addr_max = 0x7fffffff;
+	bz->cmdline_size = 2047;
+}
+
+/*
+ * Decompress the bzImage's payload on the host and load the vmlinux in it,
+ * so the guest starts in startup_64 instead of running the decompressor.
+ * Returns 0 when loaded, 1 when the guest must decompress after all (unknown
+ * format, a payload tern cannot read), or -errno.
+ */
+static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz,
+				struct boot_info *bi)
+{
+	uint32_t off = rd32(bz->k + HDR_PAYLOAD_OFFSET), len = rd32(bz->k + HDR_PAYLOAD_LENGTH);
+	const uint8_t *p = bz->k + bz->setup_size + off;
+	enum kpayload_fmt fmt;
+	uint8_t *elf;
+	size_t elf_size;
+	int err;
+
+	if (!len || off > bz->pm_size || bz->pm_size - off < len)
+		return 1;
+	fmt = kpayload_detect(p, len);
+	err = kpayload_decompress(fmt, p, len, gm->low_size, &elf, &elf_size);
+	if (err == -EOPNOTSUPP) {
+		pr_info("kernel: %s payload; the guest decompresses it", kpayload_name(fmt));
+		return 1;
+	}
+	if (err) {
+		pr_warn("kernel: cannot decompress the %s payload (%s); the guest will try",
+			kpayload_name(fmt), strerror(-err));
+		return 1;
+	}
+	err = is_elf(elf, elf_size) ? vmlinux_load(gm, elf, elf_size, bi) : 1;
+	free(elf);
+	if (err == 0)
+		pr_debug("kernel: %s payload decompressed: %zu bytes of vmlinux",
+			 kpayload_name(fmt), elf_size);
+	return err;
+}
+
+/* A bzImage: its vmlinux directly when tern can unpack it, else the classic entry. */
+static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, struct boot_info *bi)
+{
+	uint64_t addr;
+	int err;
+
+	err = bzimage_place(bz, gm, &addr);
+	if (err)
+		return err;
+	err = bzimage_load_payload(gm, bz, bi);
+	if (err <= 0) {
+		/* The initrd must also clear the decompressor's working area. */
+		if (!err && bi->kernel_addr + bi->init_size < addr + bz->init_size)
+			bi->init_size = addr + bz->init_size - bi->kernel_addr;
+		bi->direct = !err;
+		return err;
+	}
+	bi->kernel_addr = addr;
+	bi->kernel_size = bz->pm_size;
+	bi->init_size = bz->init_size;
+	bi->entry = addr + 0x200;
+	return gm_write(gm, addr, bz->k + bz->setup_size, bz->pm_size);
+}
+
 int boot_load_linux(struct guest_mem *gm, const void *kernel, size_t ksize, const void *initrd,
 		    size_t isize, const char *cmdline, uint64_t rsdp, struct boot_info *bi)
 {
+	uint8_t elf_hdr[HDR_MAX_END];
 	struct bzimage bz;
 	uint8_t *bp;
 	int err;
 
 	memset(bi, 0, sizeof(*bi));
-	err = bzimage_parse(kernel, ksize, &bz);
-	if (!err)
-		err = bzimage_place(&bz, gm, &bi->kernel_addr);
-	if (err)
-		return err;
+	if (is_elf(kernel, ksize)) {
+		err = vmlinux_load(gm, kernel, ksize, bi);
+		if (err)
+			return err;
+		bi->direct = true;
+		vmlinux_header(elf_hdr, bi, &bz);
+	} else {
+		err = bzimage_parse(kernel, ksize, &bz);
+		if (!err)
+			err = bzimage_load(gm, &bz, bi);
+		if (err)
+			return err;
+	}
 	bi->protocol = bz.version;
-	bi->kernel_size = bz.pm_size;
-	bi->init_size = bz.init_size;
-	bi->entry = bi->kernel_addr + 0x200;
 	bi->boot_params = BOOT_PARAMS_ADDR;
-	err = gm_write(gm, bi->kernel_addr, bz.k + bz.setup_size, bz.pm_size);
-	if (err)
-		return err;
 	if (initrd && isize) {
 		err =
-		    initrd_place(&bz, gm, bi->kernel_addr + bz.init_size, isize, &bi->initrd_addr);
+		    initrd_place(&bz, gm, bi->kernel_addr + bi->init_size, isize, &bi->initrd_addr);
 		if (err)
 			return err;
 		bi->initrd_size = isize;

@@ -15,6 +15,7 @@
 #ifndef TERN_ARCH_X86_BOOT_H
 #define TERN_ARCH_X86_BOOT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,7 @@ struct boot_info {
 	uint64_t cmdline;     /* command line gpa */
 	uint64_t initrd_addr, initrd_size;
 	uint16_t protocol; /* boot protocol version, e.g. 0x020f */
+	bool direct;	   /* entry is the vmlinux's startup_64, not the decompressor */
 };
 
 /*
@@ -67,12 +69,16 @@ struct boot_info {
 int boot_e820(const struct guest_mem *gm, struct e820_entry *e, int max);
 
 /*
- * Load a bzImage (and an optional initrd, NULL/0 for none) into gm and build
- * the zero page. cmdline must be NUL-terminated; rsdp is the ACPI RSDP gpa
- * (0 for none). The image is untrusted input: every header field is
- * checked against the file size and the guest's memory. Returns 0 or
- * -ENOEXEC (not a usable bzImage), -E2BIG (command line too long), -ENOMEM
- * (does not fit in guest memory).
+ * Load a kernel (and an optional initrd, NULL/0 for none) into gm and build
+ * the zero page. The kernel is a bzImage or a vmlinux ELF. A bzImage whose
+ * payload tern can decompress (gzip, bzip2, lzma, xz, lz4, zstd) is unpacked
+ * on the host and its vmlinux loaded like a vmlinux file: PT_LOAD segments at
+ * their physical addresses, entry at startup_64 (the ELF entry) with the
+ * bzImage's setup header in the zero page, as the 64-bit boot protocol allows;
+ * other bzImages are entered at their decompressor (load address + 0x200). cmdline must be
+ * NUL-terminated; rsdp is the ACPI RSDP gpa (0 for none). The image is untrusted input: every
+ * header field is checked against the file size and the guest's memory. Returns 0 or -ENOEXEC (not
+ * a usable kernel), -E2BIG (command line too long), -ENOMEM (does not fit in guest memory).
  */
 int boot_load_linux(struct guest_mem *gm, const void *kernel, size_t ksize, const void *initrd,
 		    size_t isize, const char *cmdline, uint64_t rsdp, struct boot_info *bi);
