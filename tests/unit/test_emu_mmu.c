@@ -545,6 +545,42 @@ static void test_real_mode(void **state)
 	set_long_mode(t, 0);
 }
 
+static void test_compat_mode(void **state)
+{
+	struct t *t = *state;
+	struct emu_cpu *c = t->c;
+	/*
+	 * 32-bit compatibility-mode code: push imm32; pop ecx; call next; next: pop edx;
+	 * mov eax, [ebx]; ud2. Stack pushes are 4 bytes, addresses 32 bits.
+	 */
+	static const uint8_t code[] = {0x68, 0x44, 0x33, 0x22, 0x11, 0x59, 0xe8, 0x00,
+				       0x00, 0x00, 0x00, 0x5a, 0x8b, 0x03, 0x0f, 0x0b};
+	uint32_t v = 0xcafe1234;
+
+	map(t, 0x600000, 0x610000, 1, P | W | U);
+	gm_write(&t->gm, 0x610100, &v, 4);
+	c->seg[SEG_CS].l = 0;
+	c->seg[SEG_CS].db = 1;
+	c->seg[SEG_SS].db = 1;
+	c->gpr[4] = 0x600800;
+	c->gpr[3] = 0x600100;
+	c->gpr[1] = c->gpr[2] = ~0ull;
+	gm_write(&t->gm, CODE_PA, code, sizeof(code));
+	c->rip = CODE_LA;
+	assert_int_equal(emu_exec(c, 1000), VCPU_EXIT_ERROR);
+	assert_int_equal(c->fault_vec, 6);
+	assert_int_equal(c->rip, CODE_LA + sizeof(code) - 2);
+	assert_int_equal(c->gpr[1], 0x11223344);
+	assert_int_equal(c->gpr[2], CODE_LA + 11);
+	assert_int_equal(c->gpr[0], 0xcafe1234);
+	assert_int_equal(c->gpr[4], 0x600800);
+	uint32_t ret;
+
+	gm_read(&t->gm, 0x610800 - 4, &ret, 4);
+	assert_int_equal(ret, CODE_LA + 11);
+	set_long_mode(t, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -558,6 +594,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_self_modifying, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cross_page_insn, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_real_mode, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_compat_mode, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
