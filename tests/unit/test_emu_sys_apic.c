@@ -26,6 +26,7 @@ __asm__(".section .rodata\n"
 	".globl sa_start, sa_end, sa_timer_main, sa_hlt_main, sa_ipi_bsp, sa_ipi_ap\n"
 	".globl sa_sipi_bsp, sa_lock_main, sa_h40, sa_h41, sa_h42, sa_h43\n"
 	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp, sa_dirty_main, sa_dead_main\n"
+	".globl sa_tpr_main, sa_h60\n"
 	".macro IRQ vec\n"
 	"sa_h\\vec:\n"
 	"	incq 0x21000+(0x\\vec-0x40)*64\n"
@@ -214,10 +215,24 @@ __asm__(".section .rodata\n"
 	"sa_dead_main:\n"
 	"	cli\n"
 	"	hlt\n"
+	"IRQ 60\n"
+	/* TPR 0x50 (CR8 5): vector 0x41 must not wake the halted vCPU, 0x60 must. */
+	"sa_tpr_main:\n"
+	"	mov $0xfee00000, %ebx\n"
+	"	movl $0x1ff, 0xf0(%rbx)\n"
+	"	mov $5, %eax\n"
+	"	mov %rax, %cr8\n"
+	"	sti\n"
+	"1:	hlt\n"
+	"	cmpq $1, 0x21800\n"
+	"	jb 1b\n"
+	"	cli\n"
+	"	hlt\n"
 	"sa_end:\n"
 	".previous\n");
 
-extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[], sa_dead_main[];
+extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[], sa_dead_main[],
+    sa_tpr_main[], sa_h60[];
 extern const char sa_start[], sa_end[], sa_timer_main[], sa_hlt_main[], sa_ipi_bsp[], sa_ipi_ap[],
     sa_sipi_bsp[], sa_lock_main[], sa_h40[], sa_h41[], sa_h42[], sa_h43[];
 
@@ -235,6 +250,7 @@ static int setup_n(void **state, int ncpus)
 	esv_gate(v, 0x41, G(sa_h41), 0, 0, 0xe, 1);
 	esv_gate(v, 0x42, G(sa_h42), 0, 0, 0xe, 1);
 	esv_gate(v, 0x43, G(sa_h43), 0, 0, 0xe, 1);
+	esv_gate(v, 0x60, G(sa_h60), 0, 0, 0xe, 1);
 	*state = v;
 	return 0;
 }
@@ -345,6 +361,31 @@ static void *exec_once(void *arg)
 
 	r->ex = emu_exec(r->v->cpu[r->cpu], 0);
 	return NULL;
+}
+
+static void test_hlt_tpr(void **state)
+{
+	struct esv *v = *state;
+	struct runner r;
+	uint64_t deadline = now_ns() + 5000000000ull, cpu0, cpu1;
+
+	esv_enter(v, 0, G(sa_tpr_main), ESV_KSTACK);
+	start(&r, v, 0);
+	while (!__atomic_load_n(&v->cpu[0]->sys.halted, __ATOMIC_ACQUIRE) && now_ns() < deadline)
+		usleep(1000);
+	assert_int_equal(emu_msi(&v->ev, 0xfee00000, 0x41), 0);
+	cpu0 = thread_cpu_ns(r.t);
+	usleep(100000);
+	cpu1 = thread_cpu_ns(r.t);
+	/* Held back by TPR: it neither runs the handler nor spins. */
+	assert_true(cpu1 - cpu0 < 20000000);
+	assert_int_equal(esv_rd(v, COUNT(0x41)), 0);
+	assert_int_equal(emu_msi(&v->ev, 0xfee00000, 0x60), 0);
+	pthread_join(r.t, NULL);
+	assert_int_equal(r.ex, VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, COUNT(0x60)), 1);
+	assert_int_equal(esv_rd(v, COUNT(0x41)), 0);
+	assert_int_equal(emu_apic_get_cr8(v->cpu[0]), 5);
 }
 
 static void test_kick(void **state)
@@ -652,6 +693,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_apic_timer, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_hlt_wakeup, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_kick, setup1, teardown),
+	    cmocka_unit_test_setup_teardown(test_hlt_tpr, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi_long_mode, setup2, teardown),

@@ -594,15 +594,22 @@ int emu_apic_ack(struct emu_cpu *c)
 	return v;
 }
 
-bool emu_apic_has_irq(struct emu_cpu *c)
+bool emu_apic_has_irq_locked(struct emu_cpu *c)
 {
 	struct emu_lapic *a = &c->sys.apic;
-	int v;
+	int v = vec_highest(a->irr);
 
-	pthread_mutex_lock(&a->lock);
-	v = vec_highest(a->irr);
-	pthread_mutex_unlock(&a->lock);
 	return v >= 0 && ((uint32_t)v & 0xf0) > (ppr(a) & 0xf0);
+}
+
+bool emu_apic_has_irq(struct emu_cpu *c)
+{
+	bool r;
+
+	pthread_mutex_lock(&c->sys.apic.lock);
+	r = emu_apic_has_irq_locked(c);
+	pthread_mutex_unlock(&c->sys.apic.lock);
+	return r;
 }
 
 unsigned emu_apic_take_events(struct emu_cpu *c, uint8_t *sipi_vector)

@@ -111,8 +111,9 @@ void emu_kick(struct emu_cpu *c);
 /* vCPU thread: fire due timers; ack: the highest deliverable vector (moved to ISR) or -1. */
 void emu_apic_timers(struct emu_cpu *c, uint64_t now);
 int emu_apic_ack(struct emu_cpu *c);
-/* True if a fixed interrupt would be accepted now (above PPR). */
+/* True if a fixed interrupt would be accepted now (above PPR); _locked: apic.lock held. */
 bool emu_apic_has_irq(struct emu_cpu *c);
+bool emu_apic_has_irq_locked(struct emu_cpu *c);
 /* Pending NMI / INIT / SIPI, taken (cleared) by the vCPU thread. */
 enum { EMU_EV_NMI = 1, EMU_EV_INIT = 2, EMU_EV_SIPI = 4 };
 unsigned emu_apic_take_events(struct emu_cpu *c, uint8_t *sipi_vector);

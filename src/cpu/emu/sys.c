@@ -520,14 +520,9 @@ static void idle_wait(struct emu_cpu *c, bool irqs)
 			break;
 		if (!irqs && all_dead(c))
 			break;
-		if (irqs) {
-			bool irr = false;
-
-			for (unsigned w = 0; w < 8; w++)
-				irr |= a->irr[w] != 0;
-			if (irr)
-				break;
-		}
+		/* Only what PPR lets through wakes it; a masked vector would spin. */
+		if (irqs && emu_apic_has_irq_locked(c))
+			break;
 		if (!due) {
 			pthread_cond_wait(&a->wake, &a->lock);
 			continue;
