@@ -89,6 +89,43 @@ static inline void set_lf(struct emu_cpu *c, enum lf_op op, unsigned size, uint6
 uint64_t emu_arith_flags(const struct emu_cpu *c);
 /* Condition code cc (0..15, Jcc encoding order) from the lazy flags. */
 bool emu_cond(const struct emu_cpu *c, unsigned cc);
+/* emu_cond() with the common cases inline: after CMP/SUB, after logic, ZF and SF. */
+static inline bool cond(const struct emu_cpu *c, unsigned cc)
+{
+	const struct emu_lazyflags *l = &c->lf;
+	uint64_t m = size_mask(l->size);
+
+	if (l->op == LF_SUB) {
+		uint64_t a = l->src1 & m, b = l->src2 & m;
+
+		switch (cc) {
+		case 2:
+			return a < b;
+		case 3:
+			return a >= b;
+		case 4:
+			return a == b;
+		case 5:
+			return a != b;
+		case 6:
+			return a <= b;
+		case 7:
+			return a > b;
+		case 12:
+			return sext(a, l->size) < sext(b, l->size);
+		case 13:
+			return sext(a, l->size) >= sext(b, l->size);
+		case 14:
+			return sext(a, l->size) <= sext(b, l->size);
+		case 15:
+			return sext(a, l->size) > sext(b, l->size);
+		}
+	}
+	if (l->op != LF_RAW && (cc == 4 || cc == 5))
+		return ((l->res & m) == 0) ^ (cc & 1);
+	return emu_cond(c, cc);
+}
+
 /* The carry flag alone. */
 bool emu_cf(const struct emu_cpu *c);
 /* Replace the arithmetic flags selected by mask with those in v. */
@@ -293,7 +330,7 @@ struct emu_block {
 	/* Successors seen after this block (taken / fall-through), valid for one jc epoch. */
 	struct emu_block *succ[2];
 	uint64_t succ_rip[2];
-	uint32_t succ_epoch[2];
+	uint64_t succ_epoch[2];
 	struct emu_insn insn[];
 };
 

@@ -23,24 +23,25 @@
 #define BC_HASH_SIZE (1u << BC_HASH_BITS)
 #define BC_ARENA_SIZE (32ull << 20)
 #define BLOCK_MAX_INSNS 64
-#define JC_SIZE 1024 /* linear-address jump cache entries */
+#define JC_SIZE 8192 /* linear-address jump cache entries */
 
 _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < EMU_MN_CRDR, "mnemonic flags overlap Zydis mnemonics");
 _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < 64 * EMU_UD_LOG_WORDS, "ud_logged bitmap too small");
 
 /*
  * Jump cache: linear address -> block, skipping the fetch translation and
- * the hash walk. Valid while the TLB is (it is cleared with it) and while the
- * block's code generation matches.
+ * the hash walk. Valid while the TLB is (a TLB flush bumps the epoch, which
+ * retires every entry at once) and while the block's code generation matches.
  */
 struct jc_entry {
 	uint64_t la;
 	const struct emu_block *b;
+	uint64_t epoch;
 	uint8_t dmode, user;
 };
 
 struct emu_block_cache {
-	uint32_t epoch; /* bumped whenever jc is cleared: successor links die with it */
+	uint64_t epoch; /* bumped whenever jc is cleared: successor links die with it */
 	struct jc_entry jc[JC_SIZE];
 	struct emu_block *hash[BC_HASH_SIZE];
 	uint8_t *arena;
@@ -383,15 +384,12 @@ static inline unsigned bc_hash(uint64_t gpa, enum emu_dmode dm)
 
 void emu_bc_jc_flush(struct emu_cpu *c)
 {
-	if (c->bc) {
-		memset(c->bc->jc, 0, sizeof(c->bc->jc));
+	if (c->bc)
 		c->bc->epoch++;
-	}
 }
 
 static void bc_flush(struct emu_block_cache *bc)
 {
-	memset(bc->jc, 0, sizeof(bc->jc));
 	memset(bc->hash, 0, sizeof(bc->hash));
 	bc->epoch++;
 	bc->used = 0;
@@ -497,13 +495,14 @@ const struct emu_block *emu_block_get(struct emu_cpu *c)
 	la = c->mode64 ? c->rip : (uint32_t)(c->rip + c->seg[SEG_CS].base);
 	e = jc_slot(bc, la);
 	b = e->b;
-	if (likely(b && e->la == la && e->dmode == dm && e->user == user &&
+	if (likely(b && e->la == la && e->epoch == bc->epoch && e->dmode == dm && e->user == user &&
 		   b->gen == __atomic_load_n(&c->vm->code_gen[b->page], __ATOMIC_ACQUIRE)))
 		return b;
 	b = block_lookup(c, dm, la);
 	if (b != &bc->scratch.b) {
 		e->la = la;
 		e->b = b;
+		e->epoch = bc->epoch;
 		e->dmode = (uint8_t)dm;
 		e->user = user;
 	}
@@ -514,7 +513,7 @@ struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 {
 	struct emu_block_cache *bc = c->bc;
 	struct emu_block *b;
-	uint32_t epoch = bc->epoch;
+	uint64_t epoch = bc->epoch;
 	int k;
 
 	if (!prev)

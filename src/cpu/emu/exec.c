@@ -631,18 +631,18 @@ static void h_ret(struct emu_cpu *c, const struct emu_insn *i)
 #define JCC(n)                                                                                     \
 	static void h_j##n(struct emu_cpu *c, const struct emu_insn *i)                            \
 	{                                                                                          \
-		if (emu_cond(c, n))                                                                \
+		if (cond(c, n))                                                                    \
 			branch_to(c, i, c->next_rip + (uint64_t)i->op[0].disp);                    \
 	}                                                                                          \
 	static void h_set##n(struct emu_cpu *c, const struct emu_insn *i)                          \
 	{                                                                                          \
-		op_wr(c, i, 0, emu_cond(c, n));                                                    \
+		op_wr(c, i, 0, cond(c, n));                                                        \
 	}                                                                                          \
 	static void h_cmov##n(struct emu_cpu *c, const struct emu_insn *i)                         \
 	{                                                                                          \
 		uint64_t v = op_rd(c, i, 1);                                                       \
 		/* The destination is written even when false: 32-bit forms zero-extend. */        \
-		if (!emu_cond(c, n))                                                               \
+		if (!cond(c, n))                                                                   \
 			v = reg_rd(c, i->op[0].reg, i->op[0].size);                                \
 		reg_wr(c, i->op[0].reg, i->op[0].size, v);                                         \
 	}

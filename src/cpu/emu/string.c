@@ -87,8 +87,10 @@ static uint64_t stos_fast(struct emu_cpu *c, const struct emu_insn *i, unsigned 
 	if (!pd)
 		return 0;
 	pd += dst & EMU_PAGE_MASK;
-	if (sz == 1) {
-		memset(pd, (int)(v & 0xff), k);
+	/* Zeroing and byte patterns (the common memset values) go to memset() whatever the size. */
+	if (sz == 1 ||
+	    (v & size_mask(sz)) == (v & 0xff) * (0x0101010101010101ull & size_mask(sz))) {
+		memset(pd, (int)(v & 0xff), k * sz);
 	} else {
 		for (uint64_t e = 0; e < k; e++)
 			store_n(pd + e * sz, sz, v);
