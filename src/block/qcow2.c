@@ -1572,6 +1572,15 @@ static int qcow2_open_backing(struct qcow2_dev *q, int depth)
 		pr_err("%s: backing format '%s' is not supported", q->path, q->backing_fmt);
 		return -ENOTSUP;
 	}
+	/*
+	 * The backing name comes from the image, which may be untrusted: it may
+	 * name a file, never make tern connect to a network server.
+	 */
+	if (strstr(q->backing_path, "://")) {
+		pr_err("%s: backing file '%s' is a URI; only files can back an image", q->path,
+		       q->backing_path);
+		return -EPERM;
+	}
 	return blk_open_depth(q->backing_path, q->backing_fmt, true, depth + 1, &q->backing);
 }
 

@@ -346,6 +346,11 @@ static void test_missing_backing(void **state)
 	o.backing = "/dev/zero";
 	assert_int_equal(qcow2_create(p, &o), 0);
 	assert_int_equal(open_q(p, true), -EINVAL);
+	/* an image must not make tern connect anywhere through its backing name */
+	o.backing = "nbd://127.0.0.1:10809/export";
+	o.backing_fmt = "raw";
+	assert_int_equal(qcow2_create(p, &o), 0);
+	assert_int_equal(open_q(p, true), -EPERM);
 	free(p);
 }
 
