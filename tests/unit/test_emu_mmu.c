@@ -581,6 +581,20 @@ static void test_compat_mode(void **state)
 	set_long_mode(t, 0);
 }
 
+static void test_rdrand(void **state)
+{
+	struct t *t = *state;
+	/* rdrand rax; setc bl; rdseed rcx; setc dl */
+	static const uint8_t code[] = {0x48, 0x0f, 0xc7, 0xf0, 0x0f, 0x92, 0xc3,
+				       0x48, 0x0f, 0xc7, 0xf9, 0x0f, 0x92, 0xc2};
+
+	t->c->gpr[0] = t->c->gpr[1] = t->c->gpr[2] = t->c->gpr[3] = 0;
+	assert_int_equal(run(t, code, sizeof(code)), -1);
+	assert_int_equal(t->c->gpr[3], 1);
+	assert_int_equal(t->c->gpr[2], 1);
+	assert_true(t->c->gpr[0] != t->c->gpr[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -595,6 +609,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cross_page_insn, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_real_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compat_mode, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rdrand, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

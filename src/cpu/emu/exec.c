@@ -712,6 +712,7 @@ void emu_h_ud(struct emu_cpu *c, const struct emu_insn *i)
 	emu_raise(c, EMU_UD, EMU_NO_ERR);
 }
 
+/* RDRAND/RDSEED from the host's getrandom(); CF=0 (software retries) if it would block. */
 static void h_rdrand(struct emu_cpu *c, const struct emu_insn *i)
 {
 	uint64_t v = 0;
@@ -847,6 +848,7 @@ emu_handler emu_ctl_handler(unsigned m)
 	case ZYDIS_MNEMONIC_SFENCE:
 		return h_fence;
 	case ZYDIS_MNEMONIC_RDRAND:
+	case ZYDIS_MNEMONIC_RDSEED:
 		return h_rdrand;
 	case ZYDIS_MNEMONIC_UD0:
 	case ZYDIS_MNEMONIC_UD1:
