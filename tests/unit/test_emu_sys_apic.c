@@ -26,7 +26,7 @@ __asm__(".section .rodata\n"
 	".globl sa_start, sa_end, sa_timer_main, sa_hlt_main, sa_ipi_bsp, sa_ipi_ap\n"
 	".globl sa_sipi_bsp, sa_lock_main, sa_h40, sa_h41, sa_h42, sa_h43\n"
 	".globl sa_tramp, sa_tramp_end, sa_sipi64_bsp, sa_dirty_main, sa_dead_main\n"
-	".globl sa_tpr_main, sa_h60\n"
+	".globl sa_tpr_main, sa_h60, sa_nmi, sa_nmi_main\n"
 	".macro IRQ vec\n"
 	"sa_h\\vec:\n"
 	"	incq 0x21000+(0x\\vec-0x40)*64\n"
@@ -70,6 +70,12 @@ __asm__(".section .rodata\n"
 	"	cli\n"
 	"	TSC 0x20210\n"
 	"	movl $0x10040, 0x320(%rbx)\n"
+	/* Take a periodic tick that was already pending, then count from here. */
+	"	sti\n"
+	"	nop\n"
+	"	cli\n"
+	"	mov 0x21000, %rax\n"
+	"	mov %rax, 0x20228\n"
 	"	movl $0x40040, 0x320(%rbx)\n"
 	"	rdtsc\n"
 	"	shl $32, %rdx\n"
@@ -82,8 +88,9 @@ __asm__(".section .rodata\n"
 	"	wrmsr\n"
 	"	sti\n"
 	"1:	hlt\n"
-	"	cmpq $7, 0x21000\n"
-	"	jb 1b\n"
+	"	mov 0x20228, %rax\n"
+	"	cmp %rax, 0x21000\n"
+	"	jbe 1b\n"
 	"	cli\n"
 	"	TSC 0x20220\n"
 	"	hlt\n"
@@ -228,11 +235,22 @@ __asm__(".section .rodata\n"
 	"	jb 1b\n"
 	"	cli\n"
 	"	hlt\n"
+	/* Halted with IF=0: only the NMI wakes it. */
+	"sa_nmi:\n"
+	"	incq 0x21f00\n"
+	"	iretq\n"
+	"sa_nmi_main:\n"
+	"	cli\n"
+	"1:	hlt\n"
+	"	cmpq $1, 0x21f00\n"
+	"	jb 1b\n"
+	"	movq $1, 0x21f08\n"
+	"	hlt\n"
 	"sa_end:\n"
 	".previous\n");
 
 extern const char sa_tramp[], sa_tramp_end[], sa_sipi64_bsp[], sa_dirty_main[], sa_dead_main[],
-    sa_tpr_main[], sa_h60[];
+    sa_tpr_main[], sa_h60[], sa_nmi[], sa_nmi_main[];
 extern const char sa_start[], sa_end[], sa_timer_main[], sa_hlt_main[], sa_ipi_bsp[], sa_ipi_ap[],
     sa_sipi_bsp[], sa_lock_main[], sa_h40[], sa_h41[], sa_h42[], sa_h43[];
 
@@ -251,6 +269,7 @@ static int setup_n(void **state, int ncpus)
 	esv_gate(v, 0x42, G(sa_h42), 0, 0, 0xe, 1);
 	esv_gate(v, 0x43, G(sa_h43), 0, 0, 0xe, 1);
 	esv_gate(v, 0x60, G(sa_h60), 0, 0, 0xe, 1);
+	esv_gate(v, 2, G(sa_nmi), 0, 0, 0xe, 1);
 	*state = v;
 	return 0;
 }
@@ -286,7 +305,10 @@ static void test_apic_timer(void **state)
 
 	esv_enter(v, 0, G(sa_timer_main), ESV_KSTACK);
 	assert_int_equal(esv_run(v, 0, 10000000), VCPU_EXIT_HLT);
-	assert_int_equal(esv_rd(v, COUNT(0x40)), 7);
+	uint64_t base = esv_rd(v, 0x20228);
+
+	assert_true(base >= 6);
+	assert_int_equal(esv_rd(v, COUNT(0x40)), base + 1);
 	uint64_t t0 = esv_rd(v, 0x20200), t1 = esv_rd(v, 0x20208), t2 = esv_rd(v, 0x20210);
 	uint64_t dl = esv_rd(v, 0x20218), t3 = esv_rd(v, 0x20220);
 
@@ -386,6 +408,30 @@ static void test_hlt_tpr(void **state)
 	assert_int_equal(esv_rd(v, COUNT(0x60)), 1);
 	assert_int_equal(esv_rd(v, COUNT(0x41)), 0);
 	assert_int_equal(emu_apic_get_cr8(v->cpu[0]), 5);
+}
+
+static void test_nmi_wakes_cli_hlt(void **state)
+{
+	struct esv *v = *state;
+	struct runner r = {.v = v, .cpu = 0, .ex = VCPU_EXIT_ERROR};
+	uint64_t deadline = now_ns() + 5000000000ull;
+
+	/* vCPU 1 exists and could send an NMI, so vCPU 0 sleeps in cli;hlt instead of exiting. */
+	esv_enter(v, 0, G(sa_nmi_main), ESV_KSTACK);
+	assert_int_equal(pthread_create(&r.t, NULL, exec_once, &r), 0);
+	while (!__atomic_load_n(&v->cpu[0]->sys.dead, __ATOMIC_ACQUIRE) && now_ns() < deadline)
+		usleep(1000);
+	usleep(10000);
+	assert_int_equal(esv_rd(v, 0x21f00), 0);
+	/* MSI with delivery mode NMI. */
+	assert_int_equal(emu_msi(&v->ev, 0xfee00000, 4u << 8), 0);
+	while (esv_rd(v, 0x21f08) != 1 && now_ns() < deadline)
+		usleep(1000);
+	assert_int_equal(esv_rd(v, 0x21f00), 1);
+	assert_int_equal(esv_rd(v, 0x21f08), 1);
+	emu_kick(v->cpu[0]);
+	pthread_join(r.t, NULL);
+	assert_int_equal(r.ex, VCPU_EXIT_KICK);
 }
 
 static void test_kick(void **state)
@@ -694,6 +740,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_hlt_wakeup, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_kick, setup1, teardown),
 	    cmocka_unit_test_setup_teardown(test_hlt_tpr, setup1, teardown),
+	    cmocka_unit_test_setup_teardown(test_nmi_wakes_cli_hlt, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi, setup2, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_sipi_long_mode, setup2, teardown),
