@@ -44,10 +44,12 @@ uint64_t emu_rdtsc(struct emu_cpu *c)
  * Leaf 7 EBX: IA32_TSC_ADJUST. With an invariant TSC it makes Linux trust
  * the TSC without a clocksource watchdog, which would otherwise compare it
  * against jiffies that an emulated guest cannot keep exact.
+ * ERMS (EBX) and FSRM (EDX): REP MOVSB/STOSB are the core's fastest copies
+ * (host memcpy/memset per page), so Linux should prefer them.
  * EDX: IA32_ARCH_CAPABILITIES.
  */
-#define F7_EBX (1u << 1)
-#define F7_EDX (1u << 29)
+#define F7_EBX ((1u << 1) | (1u << 9))
+#define F7_EDX ((1u << 4) | (1u << 29))
 /* 0x80000001 ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, 1 GiB pages, RDTSCP, LM. */
 #define F81_ECX (1u << 0)
 #define F81_EDX ((1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29))
