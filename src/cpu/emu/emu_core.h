@@ -48,7 +48,7 @@ struct emu_cpu {
 	jmp_buf jmp;
 	int fault_vec; /* set by emu_raise() */
 	uint32_t fault_err;
-	uint64_t icount;     /* instructions retired */
+	uint64_t icount; /* instructions retired (a block that faults part-way is not counted) */
 	uint64_t insn_limit; /* emu_exec() returns once icount reaches it */
 	struct emu_block_cache *bc;
 	bool stop_block;    /* end the current block after this instruction */

@@ -761,6 +761,7 @@ emu_handler emu_ctl_handler(unsigned m)
 	}
 	switch (m) {
 	case ZYDIS_MNEMONIC_MOV:
+	case ZYDIS_MNEMONIC_MOVNTI: /* the non-temporal hint means nothing here */
 		return h_mov;
 	case ZYDIS_MNEMONIC_MOVZX:
 		return h_movzx;
@@ -905,13 +906,15 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 		c->stop_block = false;
 		c->block_page = b->page;
 		prev = b;
-		for (; i < end; i++) {
+		/* icount is settled per block; a fault mid-block leaves that block's part
+		 * uncounted. */
+		while (i < end) {
 			uint64_t fall = c->rip + i->len;
 
 			c->next_rip = fall;
 			i->fn(c, i);
 			c->rip = c->next_rip;
-			c->icount++;
+			i++;
 			if (unlikely(c->stop_block)) {
 				prev = NULL;
 				break;
@@ -919,6 +922,7 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 			if (c->rip != fall)
 				break; /* a taken conditional branch leaves the block here */
 		}
+		c->icount += (uint64_t)(i - b->insn);
 	}
 }
 
