@@ -22,7 +22,7 @@
 
 __asm__(".section .rodata\n"
 	".globl sg_start, sg_end, sg_exc_main, sg_df_main, sg_sc_main, sg_compat_main\n"
-	".globl sg_sum_main\n"
+	".globl sg_sum_main, sg_insn_main\n"
 	".globl sg_h0, sg_h3, sg_h6, sg_h8, sg_h13, sg_h14, sg_h128\n"
 	".equ RESUME, 0x2ff00\n"
 	".macro HANDLER vec, err\n"
@@ -213,11 +213,85 @@ __asm__(".section .rodata\n"
 	"	mov %rax, 0x20600\n"
 	"	cli\n"
 	"	hlt\n"
+	/* Assorted system instructions; results at 0x20700.. */
+	"sg_insn_main:\n"
+	"	sgdt 0x20700\n"
+	"	sidt 0x20710\n"
+	"	xor %eax, %eax\n"
+	"	str %ax\n"
+	"	mov %rax, 0x20720\n"
+	"	mov $0x2b, %ecx\n"
+	"	lsl %ecx, %eax\n"
+	"	setz %dl\n"
+	"	mov %rax, 0x20728\n"
+	"	mov %dl, 0x20730\n"
+	"	mov $0x80, %ecx\n"
+	"	mov $0x1234, %eax\n"
+	"	lsl %ecx, %eax\n"
+	"	setz %dl\n"
+	"	mov %dl, 0x20731\n"
+	"	mov %eax, 0x20734\n"
+	"	mov $0x10, %ecx\n"
+	"	lar %ecx, %eax\n"
+	"	mov %eax, 0x20738\n"
+	"	mov $0x18, %ecx\n"
+	"	verr %cx\n"
+	"	setz 0x20740\n"
+	"	mov $0x10, %ecx\n"
+	"	verw %cx\n"
+	"	setz 0x20741\n"
+	"	mov $0xc0000103, %ecx\n"
+	"	mov $7, %eax\n"
+	"	xor %edx, %edx\n"
+	"	wrmsr\n"
+	"	rdtscp\n"
+	"	mov %ecx, 0x20744\n"
+	"	mov $0xc0000102, %ecx\n"
+	"	mov $0x1111, %eax\n"
+	"	wrmsr\n"
+	"	mov $0xc0000101, %ecx\n"
+	"	mov $0x2222, %eax\n"
+	"	wrmsr\n"
+	"	swapgs\n"
+	"	rdmsr\n"
+	"	mov %eax, 0x20748\n"
+	"	mov $0x5555, %rax\n"
+	"	mov %rax, %cr2\n"
+	"	mov %cr2, %rbx\n"
+	"	mov %rbx, 0x20750\n"
+	"	mov $1, %eax\n"
+	"	mov %rax, %dr7\n"
+	"	mov %dr7, %rbx\n"
+	"	mov %rbx, 0x20758\n"
+	"	mov $0xe9, %dx\n"
+	"	mov $0x41, %al\n"
+	"	out %al, %dx\n"
+	"	mov $0x42, %al\n"
+	"	out %al, $0xe9\n"
+	"	lea 2f(%rip), %rsi\n"
+	"	mov $2, %ecx\n"
+	"	rep outsb\n"
+	"	mov %rcx, 0x20760\n"
+	"	in %dx, %al\n"
+	"	mov %al, 0x20768\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov $0x40, %ax\n"
+	"	ltr %ax\n" /* the TSS is busy: #GP(0x40) */
+	"1:	mov %cr4, %rax\n"
+	"	mov %rax, 0x20770\n"
+	"	lea 1f(%rip), %rax\n"
+	"	mov %rax, RESUME\n"
+	"	mov $0x1000000, %rax\n" /* CR4 bit 24 (PKS): reserved here, #GP(0) */
+	"	mov %rax, %cr4\n"
+	"1:	cli\n"
+	"	hlt\n"
+	"2:	.ascii \"CD\"\n"
 	"sg_end:\n"
 	".previous\n");
 
 extern const char sg_start[], sg_end[], sg_exc_main[], sg_df_main[], sg_sc_main[], sg_compat_main[],
-    sg_sum_main[];
+    sg_sum_main[], sg_insn_main[];
 extern const char sg_h0[], sg_h3[], sg_h6[], sg_h8[], sg_h13[], sg_h14[], sg_h128[];
 
 #define G(sym) (ESV_CODE + (uint64_t)((sym)-sg_start))
@@ -403,6 +477,47 @@ static void test_compat_mode(void **state)
 	assert_int_equal(esv_rd(v, 0x20524) & 0xffffffff, 0x55);
 }
 
+static void test_system_insns(void **state)
+{
+	struct esv *v = *state;
+
+	esv_enter(v, 0, G(sg_insn_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 100000), VCPU_EXIT_HLT);
+	/* SGDT/SIDT: limit, then the 64-bit base. */
+	assert_int_equal(esv_rd(v, 0x20700) & 0xffff, 0x4f);
+	assert_int_equal(esv_rd(v, 0x20702), ESV_GDT);
+	assert_int_equal(esv_rd(v, 0x20710) & 0xffff, 0xfff);
+	assert_int_equal(esv_rd(v, 0x20712), ESV_IDT);
+	assert_int_equal(esv_rd(v, 0x20720), ESV_TSS_SEL);
+	/* LSL: a flat data segment's limit; a selector past the GDT leaves ZF=0 and EAX alone. */
+	assert_int_equal(esv_rd(v, 0x20728), 0xffffffff);
+	assert_int_equal(esv_rd(v, 0x20730) & 0xff, 1);
+	assert_int_equal(esv_rd(v, 0x20731) & 0xff, 0);
+	assert_int_equal(esv_rd(v, 0x20734) & 0xffffffff, 0x1234);
+	/* LAR of the 64-bit kernel code segment: P DPL0 S type B, L G. */
+	assert_int_equal(esv_rd(v, 0x20738) & 0xffffffff, 0x00a09b00);
+	/* VERR on data: yes; VERW on code: no. */
+	assert_int_equal(esv_rd(v, 0x20740) & 0xff, 1);
+	assert_int_equal(esv_rd(v, 0x20741) & 0xff, 0);
+	/* RDTSCP returns TSC_AUX; SWAPGS exchanged GS base and KERNEL_GS_BASE. */
+	assert_int_equal(esv_rd(v, 0x20744) & 0xffffffff, 7);
+	assert_int_equal(esv_rd(v, 0x20748) & 0xffffffff, 0x1111);
+	assert_int_equal(v->cpu[0]->sys.kernel_gs_base, 0x2222);
+	/* CR2 is plain storage; DR7 keeps its always-one bit 10. */
+	assert_int_equal(esv_rd(v, 0x20750), 0x5555);
+	assert_int_equal(esv_rd(v, 0x20758), 0x401);
+	/* OUT, OUT imm8, REP OUTSB reached the port in order; IN of an absent port reads ones. */
+	assert_int_equal(v->nlog, 4);
+	assert_memory_equal(v->log, "ABCD", 4);
+	assert_int_equal(esv_rd(v, 0x20760), 0);
+	assert_int_equal(esv_rd(v, 0x20768) & 0xff, 0xff);
+	/* LTR of a busy TSS and a reserved CR4 bit: #GP(sel) and #GP(0), CR4 unchanged. */
+	assert_int_equal(esv_rd(v, SLOT(13, S_COUNT)), 2);
+	assert_int_equal(esv_rd(v, SLOT(13, S_ERR)), 0);
+	assert_int_equal(esv_rd(v, 0x20770), 0x6a0);
+	assert_int_equal(v->cpu[0]->cr4, 0x6a0);
+}
+
 static void test_state_roundtrip(void **state)
 {
 	struct esv *v = *state;
@@ -455,6 +570,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_syscall_sysret, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_msr_cpuid, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compat_mode, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_system_insns, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_state_roundtrip, setup, teardown),
 	};
 

@@ -379,7 +379,7 @@ static void op_lar_lsl(struct emu_cpu *c, const struct emu_insn *i)
 	set_zf(c, ok);
 	if (!ok)
 		return;
-	emu_op_write(c, i, 0, lsl ? s.limit : (lo >> 32) & 0x00ffff00);
+	emu_op_write(c, i, 0, lsl ? s.limit : (lo >> 32) & 0x00f0ff00);
 }
 
 static void op_verr_verw(struct emu_cpu *c, const struct emu_insn *i)
