@@ -437,6 +437,10 @@ static void test_msr_cpuid(void **state)
 	assert_memory_equal(&r[1], "Genu", 4);
 	emu_cpuid(c, 0x15, 0, r);
 	assert_int_equal((uint64_t)r[2] * r[1] / r[0], EMU_TSC_HZ);
+	emu_cpuid(c, 0x40000000, 0, r);
+	assert_memory_equal(&r[1], "TernTernTern", 12);
+	emu_cpuid(c, 0x40000010, 0, r);
+	assert_int_equal((uint64_t)r[0] * 1000, EMU_TSC_HZ);
 	emu_cpuid(c, 0x80000001, 0, r);
 	assert_true(r[3] & (1u << 29)); /* LM */
 	emu_cpuid(c, 1, 0, r);

@@ -141,6 +141,15 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 		out[1] = out[0];
 		out[2] = 100;
 		break;
+	case 0x40000000:
+		/* Hypervisor leaves: a signature no guest has drivers for, and the timing leaf. */
+		out[0] = 0x40000010;
+		memcpy(&out[1], "TernTernTern", 12);
+		break;
+	case 0x40000010:
+		out[0] = (uint32_t)(EMU_TSC_HZ / 1000);	    /* TSC kHz */
+		out[1] = (uint32_t)(EMU_CRYSTAL_HZ / 1000); /* APIC timer kHz */
+		break;
 	case 0x80000000:
 		out[0] = 0x80000008;
 		break;
