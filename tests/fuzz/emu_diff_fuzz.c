@@ -14,7 +14,8 @@
 int main(int argc, char **argv)
 {
 	static void (*const families[])(struct ctx *, unsigned) = {
-	    t_alu, t_unary, t_shift, t_shxd, t_muldiv, t_bits, t_moves, t_control, t_string, t_mix,
+	    t_alu,   t_unary,	t_shift,  t_shxd, t_muldiv, t_bits,
+	    t_moves, t_control, t_string, t_mix,  t_misc,
 	};
 	const unsigned nfam = sizeof(families) / sizeof(families[0]);
 	unsigned long long cases = argc > 1 ? strtoull(argv[1], NULL, 0) : 2000000ull;

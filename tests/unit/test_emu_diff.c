@@ -769,6 +769,37 @@ static void t_control(struct ctx *t, unsigned iters)
 	}
 }
 
+/* Hints and fences that must do nothing architectural, and UD2's #UD. */
+static void t_misc(struct ctx *t, unsigned iters)
+{
+	static const struct {
+		uint8_t len;
+		uint8_t code[8];
+	} seq[] = {
+	    {1, {0x90}},
+	    {4, {0x0f, 0x1f, 0x40, 0x00}},	 /* nopl [rax] */
+	    {2, {0xf3, 0x90}},			 /* pause */
+	    {3, {0x0f, 0x18, 0x0e}},		 /* prefetcht0 [rsi] */
+	    {3, {0x0f, 0x0d, 0x0e}},		 /* prefetchw [rsi] */
+	    {4, {0xf3, 0x0f, 0x1e, 0xfa}},	 /* endbr64 */
+	    {3, {0x0f, 0xae, 0xf0}},		 /* mfence */
+	    {3, {0x0f, 0xae, 0xe8}},		 /* lfence */
+	    {3, {0x0f, 0xae, 0xf8}},		 /* sfence */
+	    {3, {0x0f, 0xae, 0x3e}},		 /* clflush [rsi] */
+	    {4, {0x48, 0x0f, 0xc3, 0x06}},	 /* movnti [rsi], rax */
+	    {5, {0x48, 0x01, 0xd8, 0x0f, 0x0b}}, /* add rax, rbx; ud2 */
+	    {2, {0xf0, 0x90}},			 /* lock nop: #UD */
+	};
+
+	for (unsigned k = 0; k < iters; k++) {
+		unsigned s = rn(t, sizeof(seq) / sizeof(seq[0]));
+		struct eh_mask m = mask_flags(ARITH);
+
+		randomize_state(t);
+		run_case(t, seq[s].code, seq[s].len, &m, "misc");
+	}
+}
+
 static void t_string(struct ctx *t, unsigned iters)
 {
 	/* op bytes: movs a4/a5, stos aa/ab, lods ac/ad, scas ae/af, cmps a6/a7 */
@@ -921,6 +952,7 @@ FAMILY(t_moves, 2000)
 FAMILY(t_control, 1000)
 FAMILY(t_string, 1500)
 FAMILY(t_mix, 500)
+FAMILY(t_misc, 200)
 
 static void test_smoke(void **state)
 {
@@ -958,7 +990,7 @@ int main(void)
 	    cmocka_unit_test(test_t_shxd),    cmocka_unit_test(test_t_muldiv),
 	    cmocka_unit_test(test_t_bits),    cmocka_unit_test(test_t_moves),
 	    cmocka_unit_test(test_t_control), cmocka_unit_test(test_t_string),
-	    cmocka_unit_test(test_t_mix),
+	    cmocka_unit_test(test_t_mix),     cmocka_unit_test(test_t_misc),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
