@@ -131,11 +131,17 @@ static inline void alu(struct emu_cpu *c, const struct emu_insn *i, enum alu_op 
 }
 
 /* Register destination with a register or immediate source: no operand-kind dispatch. */
-static inline void alu_reg(struct emu_cpu *c, const struct emu_insn *i, enum alu_op op, bool imm)
+enum src_kind { SRC_REG, SRC_IMM, SRC_MEM };
+
+static inline void alu_reg(struct emu_cpu *c, const struct emu_insn *i, enum alu_op op,
+			   enum src_kind k)
 {
 	unsigned sz = i->op[0].size, d = i->op[0].reg;
 	uint64_t m = size_mask(sz);
-	uint64_t b = (imm ? (uint64_t)i->op[1].disp : c->gpr[i->op[1].reg]) & m;
+	uint64_t b = (k == SRC_IMM   ? (uint64_t)i->op[1].disp
+		      : k == SRC_REG ? c->gpr[i->op[1].reg]
+				     : mem_rd(c, ea_la(c, &i->op[1]), sz)) &
+		     m;
 	uint64_t cin = (op == A_ADC || op == A_SBB) ? emu_cf(c) : 0;
 	uint64_t a = c->gpr[d] & m, r = alu_calc(op, a, b, cin) & m;
 
@@ -151,11 +157,15 @@ static inline void alu_reg(struct emu_cpu *c, const struct emu_insn *i, enum alu
 	}                                                                                          \
 	static void h_##name##_rr(struct emu_cpu *c, const struct emu_insn *i)                     \
 	{                                                                                          \
-		alu_reg(c, i, op, false);                                                          \
+		alu_reg(c, i, op, SRC_REG);                                                        \
 	}                                                                                          \
 	static void h_##name##_ri(struct emu_cpu *c, const struct emu_insn *i)                     \
 	{                                                                                          \
-		alu_reg(c, i, op, true);                                                           \
+		alu_reg(c, i, op, SRC_IMM);                                                        \
+	}                                                                                          \
+	static void h_##name##_rm(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		alu_reg(c, i, op, SRC_MEM);                                                        \
 	}
 ALU_H(add, A_ADD)
 ALU_H(or, A_OR)
@@ -902,13 +912,13 @@ static bool is_gpr(const struct emu_operand *o)
 emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h)
 {
 	static const struct {
-		emu_handler gen, rr, ri;
+		emu_handler gen, rr, ri, rm;
 	} v[] = {
-	    {h_add, h_add_rr, h_add_ri},    {h_or, h_or_rr, h_or_ri},
-	    {h_adc, h_adc_rr, h_adc_ri},    {h_sbb, h_sbb_rr, h_sbb_ri},
-	    {h_and, h_and_rr, h_and_ri},    {h_sub, h_sub_rr, h_sub_ri},
-	    {h_xor, h_xor_rr, h_xor_ri},    {h_cmp, h_cmp_rr, h_cmp_ri},
-	    {h_test, h_test_rr, h_test_ri},
+	    {h_add, h_add_rr, h_add_ri, h_add_rm},     {h_or, h_or_rr, h_or_ri, h_or_rm},
+	    {h_adc, h_adc_rr, h_adc_ri, h_adc_rm},     {h_sbb, h_sbb_rr, h_sbb_ri, h_sbb_rm},
+	    {h_and, h_and_rr, h_and_ri, h_and_rm},     {h_sub, h_sub_rr, h_sub_ri, h_sub_rm},
+	    {h_xor, h_xor_rr, h_xor_ri, h_xor_rm},     {h_cmp, h_cmp_rr, h_cmp_ri, h_cmp_rm},
+	    {h_test, h_test_rr, h_test_ri, h_test_rm},
 	};
 
 	if (i->nops != 2 || !is_gpr(&i->op[0]))
@@ -920,6 +930,8 @@ emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h)
 			return v[k].rr;
 		if (i->op[1].kind == EMU_OP_IMM)
 			return v[k].ri;
+		if (i->op[1].kind == EMU_OP_MEM && i->op[1].size == i->op[0].size)
+			return v[k].rm;
 	}
 	return h;
 }

@@ -351,12 +351,43 @@ static emu_handler mov_specialize(const struct emu_insn *i)
 	return h_mov;
 }
 
-/* A faster handler for this particular instruction's operand kinds, or h itself. */
-emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h)
+static void h_movzx_rr(struct emu_cpu *c, const struct emu_insn *i)
 {
-	if (h == h_mov && i->nops == 2)
-		return mov_specialize(i);
-	return emu_alu_specialize(i, h);
+	reg_wr(c, i->op[0].reg, i->op[0].size, c->gpr[i->op[1].reg] & size_mask(i->op[1].size));
+}
+
+static void h_movzx_rm(struct emu_cpu *c, const struct emu_insn *i)
+{
+	reg_wr(c, i->op[0].reg, i->op[0].size, mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size));
+}
+
+static void h_movsx_rr(struct emu_cpu *c, const struct emu_insn *i)
+{
+	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)sext(c->gpr[i->op[1].reg], i->op[1].size));
+}
+
+static void h_movsx_rm(struct emu_cpu *c, const struct emu_insn *i)
+{
+	uint64_t v = mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size);
+
+	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)sext(v, i->op[1].size));
+}
+
+/* 64-bit code pushes and pops 8-byte registers on a flat stack. */
+static void h_push_r64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	uint64_t sp = c->gpr[4] - 8;
+
+	mem_wr(c, sp, 8, c->gpr[i->op[0].reg]);
+	c->gpr[4] = sp;
+}
+
+static void h_pop_r64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	uint64_t v = mem_rd(c, c->gpr[4], 8);
+
+	c->gpr[4] += 8;
+	c->gpr[i->op[0].reg] = v;
 }
 
 static void h_movzx(struct emu_cpu *c, const struct emu_insn *i)
@@ -857,6 +888,25 @@ emu_handler emu_ctl_handler(unsigned m)
 		return emu_h_ud;
 	}
 	return NULL;
+}
+
+/* A faster handler for this particular instruction's operand kinds, or h itself. */
+emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h)
+{
+	if (h == h_mov && i->nops == 2)
+		return mov_specialize(i);
+	if ((h == h_movzx || h == h_movsx) && i->nops == 2 && is_gpr(&i->op[0])) {
+		bool zx = h == h_movzx;
+
+		if (is_gpr(&i->op[1]))
+			return zx ? h_movzx_rr : h_movsx_rr;
+		if (i->op[1].kind == EMU_OP_MEM)
+			return zx ? h_movzx_rm : h_movsx_rm;
+	}
+	/* Only when decoded as 64-bit code: the stack is then flat and 8 bytes wide. */
+	if ((h == h_push || h == h_pop) && i->osize == 8 && i->asize == 8 && is_gpr(&i->op[0]))
+		return h == h_push ? h_push_r64 : h_pop_r64;
+	return emu_alu_specialize(i, h);
 }
 
 emu_handler emu_int_handler(unsigned m)
