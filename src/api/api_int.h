@@ -3,6 +3,7 @@
 #define TERN_API_API_INT_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -19,6 +20,7 @@ struct api {
 	int listen_fd; /* owned by the daemon once it started */
 	struct MHD_Daemon *mhd;
 	pthread_mutex_t action_lock; /* one pause/resume/shutdown at a time */
+	bool user_paused;	     /* under action_lock: the API holds a vm_pause() */
 	struct timespec t_start;     /* CLOCK_MONOTONIC at api_start(): the uptime base */
 	uint64_t nrequests, nerrors; /* atomics: requests answered, of which 4xx/5xx */
 };

@@ -85,16 +85,6 @@ static const char *vm_state_locked(const struct vm *vm)
 	return vm->started ? "running" : "created";
 }
 
-static bool vm_is_paused(struct vm *vm)
-{
-	bool paused;
-
-	pthread_mutex_lock(&vm->lock);
-	paused = vm->pause_req && vm->stop_reason == VM_RUNNING;
-	pthread_mutex_unlock(&vm->lock);
-	return paused;
-}
-
 static bool vm_is_stopped(struct vm *vm)
 {
 	bool stopped;
@@ -308,9 +298,14 @@ static int do_pause(struct api *api, struct json_object **out)
 {
 	int err = 0;
 
+	/* The API holds at most one pause of its own; a sweep's pause is not the user's. */
 	pthread_mutex_lock(&api->action_lock);
-	if (!vm_is_paused(api->vm))
+	if (vm_is_stopped(api->vm))
+		err = -ESRCH;
+	else if (!api->user_paused) {
 		err = vm_pause(api->vm);
+		api->user_paused = err == 0;
+	}
 	pthread_mutex_unlock(&api->action_lock);
 	if (err == -ESRCH)
 		return api_error(out, MHD_HTTP_CONFLICT, "the VM has stopped");
@@ -326,9 +321,11 @@ static int do_resume(struct api *api, struct json_object **out)
 
 	pthread_mutex_lock(&api->action_lock);
 	stopped = vm_is_stopped(api->vm);
-	/* Resuming a running VM is a no-op: vm_resume() would resume devices never paused. */
-	if (!stopped && vm_is_paused(api->vm))
+	/* Only the API's own pause is undone: another holder's (a sweep) stays. */
+	if (!stopped && api->user_paused) {
 		vm_resume(api->vm);
+		api->user_paused = false;
+	}
 	pthread_mutex_unlock(&api->action_lock);
 	if (stopped)
 		return api_error(out, MHD_HTTP_CONFLICT, "the VM has stopped");

@@ -187,6 +187,7 @@ static void virtio_reset_locked(struct virtio_dev *vd)
 	for (unsigned q = 0; q < vd->ops->num_queues; q++) {
 		struct virtio_queue *vq = &vd->queues[q];
 
+		virtq_release_all(&vq->vq); /* chains the device still held */
 		virtq_reset(&vq->vq, &vd->vm->mem);
 		vq->vq.size = vq->max_size;
 		vq->vector = VIRTIO_MSI_NO_VECTOR;

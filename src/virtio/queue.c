@@ -5,6 +5,7 @@
 #include "virtio/queue.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "util/log.h"
@@ -16,8 +17,39 @@
 
 void virtq_reset(struct virtq *vq, struct guest_mem *mem)
 {
-	memset(vq, 0, sizeof(*vq));
+	/* Everything but the pin records, which only npins makes meaningful. */
+	memset(vq, 0, offsetof(struct virtq, pins));
 	vq->mem = mem;
+}
+
+/* Drop pin record i: unpin its range and move the last record into its slot. */
+static void pin_drop(struct virtq *vq, unsigned i)
+{
+	gm_unpin_off(vq->mem, vq->pins[i].off, vq->pins[i].len);
+	vq->pins[i] = vq->pins[--vq->npins];
+}
+
+void virtq_release_all(struct virtq *vq)
+{
+	while (vq->npins)
+		pin_drop(vq, vq->npins - 1);
+}
+
+void virtq_unpin(struct virtq *vq, uint16_t head)
+{
+	for (unsigned i = 0; i < vq->npins;) {
+		if (vq->pins[i].head == head)
+			pin_drop(vq, i);
+		else
+			i++;
+	}
+}
+
+/* Undo the pins a failed pop took: records from first on. */
+static void pins_rollback(struct virtq *vq, unsigned first)
+{
+	while (vq->npins > first)
+		pin_drop(vq, vq->npins - 1);
 }
 
 static bool is_pow2(uint16_t n)
@@ -71,6 +103,28 @@ static struct virtq_desc read_desc(const volatile struct virtq_desc *p)
 	return d;
 }
 
+/*
+ * Pin a buffer for the transfer, before it is translated: once pinned, no
+ * page of it can be released under the device. Zero-length buffers need none.
+ */
+static int pin_buffer(struct virtq *vq, uint16_t head, const struct virtq_desc *d)
+{
+	uint8_t *p;
+
+	if (!d->len)
+		return 0;
+	p = gm_ptr(vq->mem, d->addr, d->len);
+	if (!p)
+		return mark_broken(vq, "buffer outside guest RAM");
+	if (vq->npins >= VIRTQ_MAX_PINS)
+		return mark_broken(vq, "too many buffers in flight");
+	if (gm_pin_off(vq->mem, (uint64_t)(p - vq->mem->hva), d->len))
+		return mark_broken(vq, "buffer pinned too often");
+	vq->pins[vq->npins++] =
+	    (struct virtq_pin){.off = (uint64_t)(p - vq->mem->hva), .len = d->len, .head = head};
+	return 0;
+}
+
 /* Append one buffer to the chain; limit is the most buffers the chain may have. */
 static int chain_add(struct virtq *vq, struct virtq_chain *ch, const struct virtq_desc *d,
 		     unsigned limit)
@@ -80,6 +134,8 @@ static int chain_add(struct virtq *vq, struct virtq_chain *ch, const struct virt
 
 	if (i >= limit || i >= VIRTQ_MAX_SIZE)
 		return mark_broken(vq, "chain longer than the queue");
+	if (pin_buffer(vq, ch->head, d))
+		return -EIO;
 	if (d->flags & VIRTQ_DESC_F_WRITE) {
 		if ((uint64_t)ch->in_len + d->len > UINT32_MAX)
 			return mark_broken(vq, "chain length overflows");
@@ -171,6 +227,7 @@ static int walk_chain(struct virtq *vq, struct virtq_chain *ch, uint16_t head)
 int virtq_pop(struct virtq *vq, struct virtq_chain *ch)
 {
 	uint16_t avail_idx, head;
+	unsigned first_pin;
 
 	if (vq->broken)
 		return -EIO;
@@ -189,8 +246,11 @@ int virtq_pop(struct virtq *vq, struct virtq_chain *ch)
 	ch->head = head;
 	ch->nout = ch->nin = 0;
 	ch->out_len = ch->in_len = 0;
-	if (walk_chain(vq, ch, head))
+	first_pin = vq->npins;
+	if (walk_chain(vq, ch, head)) {
+		pins_rollback(vq, first_pin);
 		return -EIO;
+	}
 	return 1;
 }
 
@@ -207,13 +267,17 @@ void virtq_push(struct virtq *vq, uint16_t head, uint32_t len)
 	uint32_t *elem = gm_ptr_w(vq->mem, vq->used_gpa + off, 8);
 	uint16_t *idx = gm_ptr_w(vq->mem, vq->used_gpa + 2, 2);
 
-	if (!elem || !idx)
+	if (!elem || !idx) {
+		virtq_unpin(vq, head);
 		return; /* cannot happen: checked by virtq_enable() */
+	}
 	__atomic_store_n(&elem[0], (uint32_t)head, __ATOMIC_RELAXED);
 	__atomic_store_n(&elem[1], len, __ATOMIC_RELAXED);
 	vq->used_idx++;
 	/* Release: the element is visible before the index that publishes it. */
 	__atomic_store_n(idx, vq->used_idx, __ATOMIC_RELEASE);
+	/* The transfer ends with the used-ring update: reclaim may take the pages now. */
+	virtq_unpin(vq, head);
 }
 
 /* The event-index test of the spec (2.7.7.2 / 2.7.10). */

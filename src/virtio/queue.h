@@ -12,6 +12,14 @@
  * Notification suppression in both directions: VIRTIO_RING_F_EVENT_IDX
  * (used_event / avail_event) when negotiated, the ring flags otherwise.
  *
+ * Pins (docs/memory.md): every buffer of a popped chain is pinned with
+ * gm_pin() before it is translated, and stays pinned until the chain is
+ * pushed back (virtq_push) or the device says it is done with the memory
+ * (virtq_unpin): memory reclaim never takes a page under device I/O. The
+ * queue keeps its own record of what it pinned (never re-read from the
+ * guest), at most VIRTQ_MAX_PINS buffers in flight per queue: a device holds
+ * at most one chain's worth of buffers per queue between pop and push.
+ *
  * A virtq is used by one thread at a time (the device's I/O thread); the
  * transport serialises configuration against processing.
  */
@@ -52,6 +60,15 @@ struct virtq_chain {
 	struct iovec iov[VIRTQ_MAX_SIZE];
 };
 
+/* One pinned buffer of a chain in flight: hva offset, length, the chain's head. */
+struct virtq_pin {
+	uint64_t off;
+	uint32_t len;
+	uint16_t head;
+};
+
+#define VIRTQ_MAX_PINS VIRTQ_MAX_SIZE
+
 struct virtq {
 	struct guest_mem *mem;
 	/* Set by the driver through the transport. */
@@ -72,6 +89,10 @@ struct virtq {
 	const volatile struct virtq_desc *desc;
 	const volatile uint16_t *avail; /* flags, idx, ring[size], used_event */
 	volatile uint16_t *used;	/* flags, idx, then ring of {u32 id, u32 len} */
+
+	/* Buffers pinned for chains popped and not yet pushed (or unpinned). */
+	unsigned npins;
+	struct virtq_pin pins[VIRTQ_MAX_PINS];
 };
 
 /* Byte sizes of the three parts for a queue of n entries (with the event fields). */
@@ -88,8 +109,15 @@ static inline uint64_t virtq_used_bytes(uint16_t n)
 	return 6ull + 8ull * n;
 }
 
-/* Put the queue in its reset state (disabled, indices zero); keeps mem. */
+/*
+ * Put the queue in its reset state (disabled, indices zero, no pins); keeps
+ * mem. Forgets pins without dropping them: on a queue that was in use, call
+ * virtq_release_all() first.
+ */
 void virtq_reset(struct virtq *vq, struct guest_mem *mem);
+
+/* Unpin every buffer of every chain still in flight (device reset, restore). */
+void virtq_release_all(struct virtq *vq);
 
 /*
  * Check the driver's size and ring addresses (alignment, inside RAM) and
@@ -98,13 +126,24 @@ void virtq_reset(struct virtq *vq, struct guest_mem *mem);
 int virtq_enable(struct virtq *vq);
 
 /*
- * Take the next available chain. Returns 1 with *ch filled, 0 if the ring is
- * empty, -EIO if the queue is (or just became) broken.
+ * Take the next available chain, its buffers pinned. Returns 1 with *ch
+ * filled, 0 if the ring is empty, -EIO if the queue is (or just became)
+ * broken (nothing of that chain stays pinned).
  */
 int virtq_pop(struct virtq *vq, struct virtq_chain *ch);
 
-/* Return a chain to the driver with len bytes written into its buffers. */
+/*
+ * Return a chain to the driver with len bytes written into its buffers, and
+ * unpin what is left pinned of it (the used-ring update ends the transfer).
+ */
 void virtq_push(struct virtq *vq, uint16_t head, uint32_t len);
+
+/*
+ * Unpin the buffers of the chain in flight with this head before it is
+ * pushed: the device no longer touches them as memory (a device that gives
+ * the pages themselves back to the host, e.g. free page reporting).
+ */
+void virtq_unpin(struct virtq *vq, uint16_t head);
 
 /* After one or more pushes: does the driver want an interrupt now? */
 bool virtq_should_notify(struct virtq *vq);

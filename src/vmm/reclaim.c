@@ -96,27 +96,20 @@ static bool vcpus_parked_locked(struct vm *vm)
 }
 
 /*
- * Park the vCPUs. *ours tells whether reclaim_resume() must resume them: a
- * VM someone else paused, or one that is stopping, is only waited for.
+ * Park the vCPUs. Pauses nest, so a user's pause before or during ours keeps
+ * the VM parked across our resume and ours keeps it parked across theirs.
+ * *ours tells whether reclaim_resume() must resume: a VM that is stopping
+ * is only waited for.
  */
 static int reclaim_pause(struct vm *vm, bool *ours)
 {
-	bool already;
-	int err;
+	int err = vm_pause(vm);
 
-	pthread_mutex_lock(&vm->lock);
-	already = vm->pause_req;
-	pthread_mutex_unlock(&vm->lock);
-	*ours = false;
-	if (!already) {
-		err = vm_pause(vm);
-		if (err == 0) {
-			*ours = true;
-			return 0;
-		}
-		if (err != -ESRCH)
-			return err;
-	}
+	*ours = err == 0;
+	if (err == 0)
+		return 0;
+	if (err != -ESRCH)
+		return err;
 	pthread_mutex_lock(&vm->lock);
 	while (!vcpus_parked_locked(vm))
 		pthread_cond_wait(&vm->cond, &vm->lock);

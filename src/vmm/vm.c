@@ -326,15 +326,16 @@ static void vm_for_each_device(struct vm *vm, bool pause)
 	}
 }
 
-int vm_pause(struct vm *vm)
+/* Caller holds vm->lock: wait until no pause or resume is half done. */
+static void pause_wait_idle_locked(struct vm *vm)
 {
-	pthread_mutex_lock(&vm->lock);
-	if (vm->stop_reason != VM_RUNNING) {
-		pthread_mutex_unlock(&vm->lock);
-		return -ESRCH;
-	}
-	vm->pause_req = true;
-	pthread_mutex_unlock(&vm->lock);
+	while (vm->pause_busy)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+}
+
+/* The first pause: park the vCPUs, then the devices. Caller set pause_busy. */
+static void pause_park(struct vm *vm)
+{
 	if (vm->started)
 		vm_kick_all(vm);
 	pthread_mutex_lock(&vm->lock);
@@ -353,14 +354,52 @@ int vm_pause(struct vm *vm)
 	}
 	pthread_mutex_unlock(&vm->lock);
 	vm_for_each_device(vm, true);
+}
+
+int vm_pause(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	pause_wait_idle_locked(vm);
+	if (vm->stop_reason != VM_RUNNING) {
+		pthread_mutex_unlock(&vm->lock);
+		return -ESRCH;
+	}
+	if (vm->pause_count++ > 0) {
+		/* Already paused, and not half way (pause_busy is clear). */
+		pthread_mutex_unlock(&vm->lock);
+		return 0;
+	}
+	vm->pause_req = true;
+	vm->pause_busy = true;
+	pthread_mutex_unlock(&vm->lock);
+	pause_park(vm);
+	pthread_mutex_lock(&vm->lock);
+	vm->pause_busy = false;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
 	return 0;
 }
 
 void vm_resume(struct vm *vm)
 {
+	pthread_mutex_lock(&vm->lock);
+	pause_wait_idle_locked(vm);
+	if (vm->pause_count == 0) {
+		pthread_mutex_unlock(&vm->lock);
+		pr_warn("vm_resume() without a matching vm_pause()");
+		return;
+	}
+	if (--vm->pause_count > 0) {
+		pthread_mutex_unlock(&vm->lock);
+		return;
+	}
+	/* The last holder: devices first, then the vCPUs; new pausers wait meanwhile. */
+	vm->pause_busy = true;
+	pthread_mutex_unlock(&vm->lock);
 	vm_for_each_device(vm, false);
 	pthread_mutex_lock(&vm->lock);
 	vm->pause_req = false;
+	vm->pause_busy = false;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 }

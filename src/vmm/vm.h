@@ -94,6 +94,8 @@ struct vm {
 	bool started, joined;
 	int ncpus_started; /* vCPU threads created (joined at the end) */
 	bool pause_req;	   /* vCPUs park in VCPU_PAUSED while set */
+	int pause_count;   /* vm_pause() calls not yet matched by vm_resume() */
+	bool pause_busy;   /* a pause or resume is parking vCPUs / pausing devices */
 	int ndead_halted;  /* vCPUs that returned VCPU_EXIT_HLT */
 };
 
@@ -113,7 +115,13 @@ int vm_start(struct vm *vm);
 enum vm_stop_reason vm_wait(struct vm *vm);
 /* From any thread (a device, the API, a signal handler thread): stop the VM. */
 void vm_request_stop(struct vm *vm, enum vm_stop_reason why);
-/* Park every vCPU outside the guest (and pause devices); vm_resume() undoes it. 0 or -errno. */
+/*
+ * Park every vCPU outside the guest (and pause devices); vm_resume() undoes
+ * it. Pauses nest: each successful vm_pause() is matched by one vm_resume(),
+ * and the VM runs again only when the last holder resumes (a sweep's own
+ * pause and a user's pause compose). Not from a vCPU or device I/O thread.
+ * 0, or -ESRCH if the VM has stopped (nothing to resume then).
+ */
 int vm_pause(struct vm *vm);
 void vm_resume(struct vm *vm);
 /* A short human-readable name for a stop reason. */
