@@ -27,6 +27,7 @@
 #include "hw/pci.h"
 #include "hw/serial.h"
 #include "util/log.h"
+#include "virtio/balloon.h"
 #include "virtio/virtio.h"
 #include "vmm/vm.h"
 
@@ -53,6 +54,7 @@ struct run_opts {
 	uint64_t mem_mib;
 	const char *accel;
 	const char *api_socket; /* --api-socket PATH, or NULL */
+	bool balloon;		/* --balloon: a virtio-balloon device */
 	struct disk_opt disks[MAX_DISKS];
 	int ndisks;
 	char **argv; /* the guest command, NULL-terminated, or NULL */
@@ -77,6 +79,8 @@ static void run_usage(FILE *f)
 		"  --memory MIB        guest RAM in MiB (default 256, %d..%d)\n"
 		"  --disk PATH[,readonly]  virtio-blk disk (repeatable, up to %d)\n"
 		"  --api-socket PATH   serve the control API on this Unix socket (docs/api.md)\n"
+		"  --balloon           virtio-balloon with statistics and free page reporting\n"
+		"                      (docs/memory.md; target set through the API)\n"
 		"  --accel kvm|emu|auto    CPU backend (default auto: kvm when the host has\n"
 		"                      VMX/SVM, else tern's emulator)\n"
 		"  -v, --verbose       more messages from tern (twice: debug)\n"
@@ -183,7 +187,7 @@ static uint64_t host_ram_mib(void)
 	return (uint64_t)pages * (uint64_t)psize >> 20;
 }
 
-enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_CPUS, OPT_MEMORY, OPT_DISK, OPT_ACCEL, OPT_API_SOCKET };
+enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_CPUS, OPT_MEMORY, OPT_DISK, OPT_ACCEL, OPT_API_SOCKET, OPT_BALLOON };
 
 static int parse_one(struct run_opts *o, int c, const char *arg)
 {
@@ -223,6 +227,9 @@ static int parse_one(struct run_opts *o, int c, const char *arg)
 	case OPT_API_SOCKET:
 		o->api_socket = arg;
 		return 0;
+	case OPT_BALLOON:
+		o->balloon = true;
+		return 0;
 	case 'v':
 		o->verbose++;
 		return 0;
@@ -241,6 +248,7 @@ static int parse_args(struct run_opts *o, int argc, char **argv, bool *help)
 	    {"disk", required_argument, NULL, OPT_DISK},
 	    {"accel", required_argument, NULL, OPT_ACCEL},
 	    {"api-socket", required_argument, NULL, OPT_API_SOCKET},
+	    {"balloon", no_argument, NULL, OPT_BALLOON},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -537,6 +545,8 @@ static int add_devices(struct vm *vm, const struct run_opts *o)
 		if (err)
 			pr_err("--disk %s: %s", o->disks[i].path, strerror(-err));
 	}
+	if (!err && o->balloon)
+		err = virtio_balloon_add(vm);
 	return err;
 }
 
