@@ -239,6 +239,61 @@ static void test_detect_and_unsupported(void **state)
 			 -EBADMSG);
 }
 
+struct collect {
+	uint8_t *buf;
+	size_t off, cap, chunks, max_chunk;
+	int fail_at; /* chunk number whose sink call fails, or -1 */
+};
+
+static int collect_sink(void *opaque, const uint8_t *data, size_t len)
+{
+	struct collect *c = opaque;
+
+	if ((int)c->chunks == c->fail_at)
+		return -EIO;
+	assert_true(len <= c->cap - c->off);
+	memcpy(c->buf + c->off, data, len);
+	c->off += len;
+	c->chunks++;
+	if (len > c->max_chunk)
+		c->max_chunk = len;
+	return 0;
+}
+
+/* The stream comes in bounded chunks, in order; a sink's error stops it and is returned. */
+static void test_stream_chunks(void **state)
+{
+	static const maker makers[] = {make_gzip, make_bzip2, make_xz, make_lz4, make_zstd};
+	size_t n = 3 * MiB + 77, cap = 2 * n;
+	uint8_t *in = sample(n), *c = malloc(cap);
+	struct collect col = {.buf = malloc(n), .cap = n};
+
+	assert_non_null(c);
+	assert_non_null(col.buf);
+	for (size_t m = 0; m < sizeof(makers) / sizeof(makers[0]); m++) {
+		size_t len = makers[m](in, n, c, cap);
+		enum kpayload_fmt fmt = kpayload_detect(c, len);
+
+		assert_int_equal(kpayload_size(c, len), n);
+		col.off = col.chunks = col.max_chunk = 0;
+		col.fail_at = -1;
+		assert_int_equal(kpayload_stream(fmt, c, len, n, collect_sink, &col), 0);
+		assert_int_equal(col.off, n);
+		assert_memory_equal(col.buf, in, n);
+		assert_true(col.chunks >= 1);
+		assert_true(col.max_chunk <= 8 * MiB);
+		if (fmt != KPAYLOAD_LZ4)
+			assert_true(col.chunks >= 3); /* a window at a time, not all at once */
+		/* Fail mid-stream where there is more than one chunk. */
+		col.fail_at = col.chunks > 1 ? 1 : 0;
+		col.off = col.chunks = 0;
+		assert_int_equal(kpayload_stream(fmt, c, len, n, collect_sink, &col), -EIO);
+	}
+	free(col.buf);
+	free(c);
+	free(in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -249,6 +304,7 @@ int main(void)
 	    cmocka_unit_test(test_lz4),
 	    cmocka_unit_test(test_zstd),
 	    cmocka_unit_test(test_lz4_hostile_blocks),
+	    cmocka_unit_test(test_stream_chunks),
 	    cmocka_unit_test(test_detect_and_unsupported),
 	};
 

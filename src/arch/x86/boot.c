@@ -247,45 +247,52 @@ static int cmdline_place(struct guest_mem *gm, const struct bzimage *bz, const c
 
 /* ---- vmlinux: an ELF kernel entered at startup_64 -------------------------------- */
 
+#define ELF_HEAD_MAX 4096 /* the ELF and program headers must sit in the first 4 KiB */
+#define ELF_MAX_LOADS 16
+
+/* A vmlinux read front to back: a file, or a payload while it decompresses. */
+struct elf_loader {
+	struct guest_mem *gm;
+	uint64_t size; /* bytes of the whole ELF file */
+	uint64_t off;  /* bytes seen so far */
+	uint8_t head[ELF_HEAD_MAX];
+	size_t head_len;
+	bool parsed;
+	Elf64_Phdr load[ELF_MAX_LOADS];
+	unsigned nload;
+	uint64_t entry, lo, hi; /* physical entry and extent */
+};
+
 static bool is_elf(const uint8_t *k, size_t ksize)
 {
 	return ksize >= sizeof(Elf64_Ehdr) && !memcmp(k, ELFMAG, SELFMAG);
 }
 
-static int elf_check(const uint8_t *k, size_t ksize, const Elf64_Ehdr **ehp)
+static int elf_check(const uint8_t *k, size_t len)
 {
 	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)k;
 
-	if (eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_ident[EI_DATA] != ELFDATA2LSB ||
-	    eh->e_machine != EM_X86_64 || eh->e_type != ET_EXEC ||
-	    eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0 || eh->e_phoff > ksize ||
-	    (ksize - eh->e_phoff) / sizeof(Elf64_Phdr) < eh->e_phnum) {
+	if (!is_elf(k, len) || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+	    eh->e_ident[EI_DATA] != ELFDATA2LSB || eh->e_machine != EM_X86_64 ||
+	    eh->e_type != ET_EXEC || eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0 ||
+	    eh->e_phoff > len || (len - eh->e_phoff) / sizeof(Elf64_Phdr) < eh->e_phnum) {
 		pr_err("kernel: not a 64-bit x86 vmlinux ELF executable");
 		return -ENOEXEC;
 	}
-	*ehp = eh;
 	return 0;
 }
 
-/* One PT_LOAD segment at its physical address: file bytes, then zeroes (bss). */
-static int elf_load_segment(struct guest_mem *gm, const uint8_t *k, size_t ksize,
-			    const Elf64_Phdr *ph)
+/* A PT_LOAD segment must come from the file and land in RAM above the boot structures. */
+static int elf_check_segment(const struct elf_loader *l, const Elf64_Phdr *ph)
 {
-	uint8_t *dst;
-
-	if (ph->p_filesz > ph->p_memsz || ph->p_offset > ksize ||
-	    ksize - ph->p_offset < ph->p_filesz || ph->p_paddr < ACPI_TABLES_END ||
-	    ph->p_paddr >= gm->low_size || gm->low_size - ph->p_paddr < ph->p_memsz) {
+	if (ph->p_filesz > ph->p_memsz || ph->p_offset > l->size ||
+	    l->size - ph->p_offset < ph->p_filesz || ph->p_paddr < ACPI_TABLES_END ||
+	    ph->p_paddr >= l->gm->low_size || l->gm->low_size - ph->p_paddr < ph->p_memsz) {
 		pr_err("kernel: ELF segment at 0x%llx (+0x%llx) outside the file or the guest's "
 		       "RAM below 3 GiB",
 		       (unsigned long long)ph->p_paddr, (unsigned long long)ph->p_memsz);
 		return -ENOMEM;
 	}
-	dst = gm_ptr_w(gm, ph->p_paddr, ph->p_memsz);
-	if (!dst)
-		return -ENOMEM;
-	memcpy(dst, k + ph->p_offset, ph->p_filesz);
-	memset(dst + ph->p_filesz, 0, ph->p_memsz - ph->p_filesz);
 	return 0;
 }
 
@@ -308,39 +315,137 @@ static int elf_entry(const Elf64_Ehdr *eh, const Elf64_Phdr *phs, uint64_t lo, u
 	return 0;
 }
 
-/* Load every PT_LOAD segment; bi gets the image's extent and entry point. */
-static int vmlinux_load(struct guest_mem *gm, const uint8_t *k, size_t ksize, struct boot_info *bi)
+/* Headers complete: keep the PT_LOAD segments, check them, find the entry. */
+static int elf_parse(struct elf_loader *l)
 {
-	const Elf64_Ehdr *eh;
+	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)l->head;
 	const Elf64_Phdr *phs;
-	uint64_t lo = UINT64_MAX, hi = 0;
-	int err = elf_check(k, ksize, &eh);
+	int err = elf_check(l->head, l->head_len);
 
 	if (err)
 		return err;
-	phs = (const Elf64_Phdr *)(k + eh->e_phoff);
+	phs = (const Elf64_Phdr *)(l->head + eh->e_phoff);
+	l->lo = UINT64_MAX;
 	for (unsigned i = 0; i < eh->e_phnum; i++) {
 		if (phs[i].p_type != PT_LOAD || !phs[i].p_memsz)
 			continue;
-		err = elf_load_segment(gm, k, ksize, &phs[i]);
+		if (l->nload == ELF_MAX_LOADS) {
+			pr_err("kernel: more than %d ELF segments to load", ELF_MAX_LOADS);
+			return -ENOEXEC;
+		}
+		err = elf_check_segment(l, &phs[i]);
 		if (err)
 			return err;
-		if (phs[i].p_paddr < lo)
-			lo = phs[i].p_paddr;
-		if (phs[i].p_paddr + phs[i].p_memsz > hi)
-			hi = phs[i].p_paddr + phs[i].p_memsz;
+		l->load[l->nload++] = phs[i];
+		if (phs[i].p_paddr < l->lo)
+			l->lo = phs[i].p_paddr;
+		if (phs[i].p_paddr + phs[i].p_memsz > l->hi)
+			l->hi = phs[i].p_paddr + phs[i].p_memsz;
 	}
-	if (hi == 0) {
+	if (!l->nload) {
 		pr_err("kernel: the ELF file has nothing to load");
 		return -ENOEXEC;
 	}
-	err = elf_entry(eh, phs, lo, hi, &bi->entry);
-	if (err)
-		return err;
-	bi->kernel_addr = lo;
-	bi->kernel_size = hi - lo;
-	bi->init_size = hi - lo;
+	l->parsed = true;
+	return elf_entry(eh, phs, l->lo, l->hi, &l->entry);
+}
+
+/* File bytes [off, off + n) go wherever segments take them. */
+static int elf_scatter(struct elf_loader *l, uint64_t off, const uint8_t *p, size_t n)
+{
+	for (unsigned i = 0; i < l->nload; i++) {
+		const Elf64_Phdr *ph = &l->load[i];
+		uint64_t a = off > ph->p_offset ? off : ph->p_offset;
+		uint64_t b =
+		    off + n < ph->p_offset + ph->p_filesz ? off + n : ph->p_offset + ph->p_filesz;
+		int err;
+
+		if (a >= b)
+			continue;
+		err = gm_write(l->gm, ph->p_paddr + (a - ph->p_offset), p + (a - off), b - a);
+		if (err)
+			return err;
+	}
 	return 0;
+}
+
+/* kpayload_sink: the next bytes of the file. */
+static int elf_feed(void *opaque, const uint8_t *p, size_t n)
+{
+	struct elf_loader *l = opaque;
+	size_t head_want = l->size < ELF_HEAD_MAX ? (size_t)l->size : ELF_HEAD_MAX;
+	int err;
+
+	if (n > l->size - l->off)
+		return -EBADMSG;
+	if (!l->parsed) {
+		size_t take = head_want - l->head_len < n ? head_want - l->head_len : n;
+
+		memcpy(l->head + l->head_len, p, take);
+		l->head_len += take;
+		l->off = l->head_len;
+		p += take;
+		n -= take;
+		if (l->head_len < head_want)
+			return 0;
+		err = elf_parse(l);
+		if (!err)
+			err = elf_scatter(l, 0, l->head, l->head_len);
+		if (err)
+			return err;
+	}
+	err = elf_scatter(l, l->off, p, n);
+	l->off += n;
+	return err;
+}
+
+/* All bytes seen: zero the bss parts and report the image. */
+static int elf_finish(struct elf_loader *l, struct boot_info *bi)
+{
+	if (!l->parsed || l->off != l->size)
+		return -ENOEXEC;
+	for (unsigned i = 0; i < l->nload; i++) {
+		const Elf64_Phdr *ph = &l->load[i];
+		uint8_t *bss;
+
+		if (ph->p_memsz == ph->p_filesz)
+			continue;
+		bss = gm_ptr_w(l->gm, ph->p_paddr + ph->p_filesz, ph->p_memsz - ph->p_filesz);
+		if (!bss)
+			return -ENOMEM;
+		memset(bss, 0, ph->p_memsz - ph->p_filesz);
+	}
+	bi->entry = l->entry;
+	bi->kernel_addr = l->lo;
+	bi->kernel_size = l->hi - l->lo;
+	bi->init_size = l->hi - l->lo;
+	return 0;
+}
+
+static struct elf_loader *elf_loader_new(struct guest_mem *gm, uint64_t size)
+{
+	struct elf_loader *l = calloc(1, sizeof(*l));
+
+	if (l) {
+		l->gm = gm;
+		l->size = size;
+	}
+	return l;
+}
+
+/* A vmlinux file: every PT_LOAD segment at its physical address. */
+static int vmlinux_load(struct guest_mem *gm, const uint8_t *k, size_t ksize, struct boot_info *bi)
+{
+	struct elf_loader *l = elf_loader_new(gm, ksize);
+	int err;
+
+	if (!l)
+		return -ENOMEM;
+	err = elf_feed(l, k, ksize);
+	if (!err)
+		err = elf_finish(l, bi);
+	free(l);
+	return err;
 }
 
 /*
@@ -371,40 +476,41 @@ static void vmlinux_header(uint8_t *hdr, const struct boot_info *bi, struct bzim
 }
 
 /*
- * Decompress the bzImage's payload on the host and load the vmlinux in it,
- * so the guest starts in startup_64 instead of running the decompressor.
- * Returns 0 when loaded, 1 when the guest must decompress after all (unknown
- * format, a payload tern cannot read), or -errno.
+ * Decompress the bzImage's payload on the host straight into the vmlinux's
+ * segments, so the guest starts in startup_64 instead of running the
+ * decompressor. Returns 0 when loaded, 1 when the guest must decompress after
+ * all (unknown format, a payload tern cannot read), or -errno.
  */
 static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz,
 				struct boot_info *bi)
 {
 	uint32_t off = rd32(bz->k + HDR_PAYLOAD_OFFSET), len = rd32(bz->k + HDR_PAYLOAD_LENGTH);
 	const uint8_t *p = bz->k + bz->setup_size + off;
+	struct elf_loader *l;
 	enum kpayload_fmt fmt;
-	uint8_t *elf;
-	size_t elf_size;
 	int err;
 
 	if (!len || off > bz->pm_size || bz->pm_size - off < len)
 		return 1;
 	fmt = kpayload_detect(p, len);
-	err = kpayload_decompress(fmt, p, len, gm->low_size, &elf, &elf_size);
-	if (err == -EOPNOTSUPP) {
+	if (fmt == KPAYLOAD_UNKNOWN || fmt == KPAYLOAD_LZO) {
 		pr_info("kernel: %s payload; the guest decompresses it", kpayload_name(fmt));
 		return 1;
 	}
+	l = elf_loader_new(gm, kpayload_size(p, len));
+	if (!l)
+		return -ENOMEM;
+	err = kpayload_stream(fmt, p, len, gm->low_size, elf_feed, l);
+	if (!err)
+		err = elf_finish(l, bi);
+	free(l);
 	if (err) {
-		pr_warn("kernel: cannot decompress the %s payload (%s); the guest will try",
+		pr_warn("kernel: cannot load the vmlinux in the %s payload (%s); the guest "
+			"decompresses it",
 			kpayload_name(fmt), strerror(-err));
 		return 1;
 	}
-	err = is_elf(elf, elf_size) ? vmlinux_load(gm, elf, elf_size, bi) : 1;
-	free(elf);
-	if (err == 0)
-		pr_debug("kernel: %s payload decompressed: %zu bytes of vmlinux",
-			 kpayload_name(fmt), elf_size);
-	return err;
+	return 0;
 }
 
 /* A bzImage: its vmlinux directly when tern can unpack it, else the classic entry. */

@@ -9,6 +9,7 @@
 #include <bzlib.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <lz4.h>
 #include <lzma.h>
 #include <stdlib.h>
@@ -59,15 +60,36 @@ const char *kpayload_name(enum kpayload_fmt fmt)
 	return "unknown";
 }
 
+#define OUT_CHUNK (1u << 20) /* output window of the streaming decoders */
+
+/* Where decompressed bytes go: counts them against the size trailer. */
+struct out {
+	kpayload_sink sink;
+	void *opaque;
+	size_t size, done;
+	uint8_t *buf; /* a chunk of output before it goes to the sink */
+	size_t cap;
+};
+
+static int out_emit(struct out *o, const uint8_t *p, size_t n)
+{
+	if (!n)
+		return 0;
+	if (n > o->size - o->done)
+		return -EBADMSG;
+	o->done += n;
+	return o->sink(o->opaque, p, n);
+}
+
 /* Legacy LZ4: magic, then blocks of (le32 compressed size, data); a repeated magic
  * starts another concatenated stream. in/len exclude the size trailer. */
-static int unlz4_legacy(const uint8_t *in, size_t len, uint8_t *out, size_t size)
+static int unlz4_legacy(const uint8_t *in, size_t len, struct out *o)
 {
-	size_t pos = 4, done = 0;
+	size_t pos = 4;
 
 	while (pos < len) {
 		uint32_t c;
-		int n;
+		int n, err;
 
 		if (len - pos < 4)
 			return -EBADMSG;
@@ -76,134 +98,200 @@ static int unlz4_legacy(const uint8_t *in, size_t len, uint8_t *out, size_t size
 		if (c == LZ4_LEGACY_MAGIC)
 			continue;
 		if (c == 0 || c > len - pos || c > (uint32_t)LZ4_compressBound(LZ4_LEGACY_BLOCK) ||
-		    done == size)
+		    o->done == o->size)
 			return -EBADMSG;
-		n = LZ4_decompress_safe(
-		    (const char *)in + pos, (char *)out + done, (int)c,
-		    (int)(size - done < LZ4_LEGACY_BLOCK ? size - done : LZ4_LEGACY_BLOCK));
+		n = LZ4_decompress_safe((const char *)in + pos, (char *)o->buf, (int)c,
+					(int)o->cap);
 		if (n <= 0)
 			return -EBADMSG;
-		done += (size_t)n;
+		err = out_emit(o, o->buf, (size_t)n);
+		if (err)
+			return err;
 		pos += c;
 	}
-	return done == size ? 0 : -EBADMSG;
+	return 0;
 }
 
-static int ungzip(const uint8_t *in, size_t len, uint8_t *out, size_t size)
+static int ungzip(const uint8_t *in, size_t len, struct out *o)
 {
-	z_stream z = {.next_in = (Bytef *)in,
-		      .avail_in = (uInt)len,
-		      .next_out = out,
-		      .avail_out = (uInt)size};
-	int ret;
+	z_stream z = {.next_in = (Bytef *)in, .avail_in = (uInt)len};
+	int ret, err = 0;
 
 	if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
 		return -ENOMEM;
-	ret = inflate(&z, Z_FINISH);
+	do {
+		z.next_out = o->buf;
+		z.avail_out = (uInt)o->cap;
+		ret = inflate(&z, Z_NO_FLUSH);
+		if (ret != Z_OK && ret != Z_STREAM_END)
+			err = ret == Z_MEM_ERROR ? -ENOMEM : -EBADMSG;
+		else
+			err = out_emit(o, o->buf, o->cap - z.avail_out);
+	} while (!err && ret != Z_STREAM_END);
 	inflateEnd(&z);
-	return ret == Z_STREAM_END && z.total_out == size ? 0 : -EBADMSG;
+	return err;
 }
 
-static int unbzip2(const uint8_t *in, size_t len, uint8_t *out, size_t size)
+static int unbzip2(const uint8_t *in, size_t len, struct out *o)
 {
-	unsigned int outlen = (unsigned int)size;
-	int ret =
-	    BZ2_bzBuffToBuffDecompress((char *)out, &outlen, (char *)in, (unsigned int)len, 0, 0);
+	bz_stream b = {.next_in = (char *)in, .avail_in = (unsigned int)len};
+	int ret, err = 0;
 
-	if (ret == BZ_MEM_ERROR)
+	if (BZ2_bzDecompressInit(&b, 0, 0) != BZ_OK)
 		return -ENOMEM;
-	return ret == BZ_OK && outlen == size ? 0 : -EBADMSG;
+	do {
+		b.next_out = (char *)o->buf;
+		b.avail_out = (unsigned int)o->cap;
+		ret = BZ2_bzDecompress(&b);
+		if (ret != BZ_OK && ret != BZ_STREAM_END)
+			err = ret == BZ_MEM_ERROR ? -ENOMEM : -EBADMSG;
+		else if (ret == BZ_OK && !b.avail_in && b.avail_out)
+			err = -EBADMSG; /* input ended inside the stream */
+		else
+			err = out_emit(o, o->buf, o->cap - b.avail_out);
+	} while (!err && ret != BZ_STREAM_END);
+	BZ2_bzDecompressEnd(&b);
+	return err;
 }
 
-static int unxz(const uint8_t *in, size_t len, uint8_t *out, size_t size)
-{
-	uint64_t memlimit = XZ_MEMLIMIT;
-	size_t in_pos = 0, out_pos = 0;
-	lzma_ret ret =
-	    lzma_stream_buffer_decode(&memlimit, 0, NULL, in, &in_pos, len, out, &out_pos, size);
-
-	if (ret == LZMA_MEM_ERROR)
-		return -ENOMEM;
-	return ret == LZMA_OK && out_pos == size ? 0 : -EBADMSG;
-}
-
-static int unlzma(const uint8_t *in, size_t len, uint8_t *out, size_t size)
+/* xz, and the older .lzma ("alone") container: both through liblzma's stream API. */
+static int unxz(const uint8_t *in, size_t len, struct out *o, bool alone)
 {
 	lzma_stream s = LZMA_STREAM_INIT;
-	lzma_ret ret = lzma_alone_decoder(&s, XZ_MEMLIMIT);
+	lzma_ret ret =
+	    alone ? lzma_alone_decoder(&s, XZ_MEMLIMIT) : lzma_stream_decoder(&s, XZ_MEMLIMIT, 0);
+	int err = 0;
 
 	if (ret != LZMA_OK)
 		return -ENOMEM;
 	s.next_in = in;
 	s.avail_in = len;
-	s.next_out = out;
-	s.avail_out = size;
-	ret = lzma_code(&s, LZMA_FINISH);
+	do {
+		s.next_out = o->buf;
+		s.avail_out = o->cap;
+		ret = lzma_code(&s, LZMA_FINISH);
+		if (ret != LZMA_OK && ret != LZMA_STREAM_END)
+			err = ret == LZMA_MEM_ERROR ? -ENOMEM : -EBADMSG;
+		else
+			err = out_emit(o, o->buf, o->cap - s.avail_out);
+	} while (!err && ret != LZMA_STREAM_END);
 	lzma_end(&s);
-	/* A .lzma stream without an end marker stops once its declared size is out. */
-	return ret == LZMA_STREAM_END && s.total_out == size ? 0 : -EBADMSG;
+	return err;
 }
 
-static int unzstd(const uint8_t *in, size_t len, uint8_t *out, size_t size)
+static int unzstd(const uint8_t *in, size_t len, struct out *o)
 {
-	size_t flen = ZSTD_findFrameCompressedSize(in, len);
-	size_t n;
+	ZSTD_DCtx *d = ZSTD_createDCtx();
+	ZSTD_inBuffer ib = {.src = in, .size = len};
+	size_t ret;
+	int err = 0;
 
-	if (ZSTD_isError(flen))
+	if (!d)
+		return -ENOMEM;
+	do {
+		ZSTD_outBuffer ob = {.dst = o->buf, .size = o->cap};
+
+		ret = ZSTD_decompressStream(d, &ob, &ib);
+		if (ZSTD_isError(ret))
+			err = -EBADMSG;
+		else if (ret && ib.pos == ib.size && ob.pos < ob.size)
+			err = -EBADMSG; /* input ended inside the frame */
+		else
+			err = out_emit(o, o->buf, ob.pos);
+	} while (!err && ret);
+	ZSTD_freeDCtx(d);
+	return err;
+}
+
+size_t kpayload_size(const uint8_t *p, size_t len)
+{
+	return len <= 8 ? 0 : le32(p + len - 4);
+}
+
+int kpayload_stream(enum kpayload_fmt fmt, const uint8_t *p, size_t len, size_t max,
+		    kpayload_sink sink, void *opaque)
+{
+	struct out o = {.sink = sink, .opaque = opaque, .size = kpayload_size(p, len)};
+	int err;
+
+	if (fmt == KPAYLOAD_UNKNOWN || fmt == KPAYLOAD_LZO)
+		return -EOPNOTSUPP;
+	if (len <= 8 || len > UINT_MAX || o.size == 0)
 		return -EBADMSG;
-	n = ZSTD_decompress(out, size, in, flen);
-	return !ZSTD_isError(n) && n == size ? 0 : -EBADMSG;
+	if (o.size > max)
+		return -EFBIG;
+	/* An LZ4 block must be decompressed whole; the others go a window at a time. */
+	o.cap = fmt == KPAYLOAD_LZ4 ? LZ4_LEGACY_BLOCK : OUT_CHUNK;
+	if (o.cap > o.size)
+		o.cap = o.size;
+	o.buf = malloc(o.cap);
+	if (!o.buf)
+		return -ENOMEM;
+	switch (fmt) {
+	case KPAYLOAD_GZIP:
+		err = ungzip(p, len, &o); /* the trailer is gzip's own ISIZE */
+		break;
+	case KPAYLOAD_BZIP2:
+		err = unbzip2(p, len - 4, &o);
+		break;
+	case KPAYLOAD_LZMA:
+	case KPAYLOAD_XZ:
+		err = unxz(p, len - 4, &o, fmt == KPAYLOAD_LZMA);
+		break;
+	case KPAYLOAD_LZ4:
+		err = unlz4_legacy(p, len - 4, &o);
+		break;
+	case KPAYLOAD_ZSTD:
+		err = unzstd(p, len - 4, &o);
+		break;
+	default:
+		err = -EOPNOTSUPP;
+		break;
+	}
+	free(o.buf);
+	if (!err && o.done != o.size)
+		err = -EBADMSG;
+	return err;
+}
+
+struct flat {
+	uint8_t *buf;
+	size_t off;
+};
+
+static int flat_sink(void *opaque, const uint8_t *data, size_t len)
+{
+	struct flat *f = opaque;
+
+	memcpy(f->buf + f->off, data, len); /* kpayload_stream keeps the total within size */
+	f->off += len;
+	return 0;
 }
 
 int kpayload_decompress(enum kpayload_fmt fmt, const uint8_t *p, size_t len, size_t max,
 			uint8_t **out, size_t *outlen)
 {
-	size_t size;
-	uint8_t *buf;
+	size_t size = kpayload_size(p, len);
+	struct flat f = {0};
 	int err;
 
 	*out = NULL;
 	*outlen = 0;
 	if (fmt == KPAYLOAD_UNKNOWN || fmt == KPAYLOAD_LZO)
 		return -EOPNOTSUPP;
-	if (len <= 8 || len > UINT_MAX)
-		return -EBADMSG;
-	size = le32(p + len - 4);
-	if (size == 0)
+	if (size == 0 || len > UINT_MAX)
 		return -EBADMSG;
 	if (size > max)
 		return -EFBIG;
-	buf = malloc(size);
-	if (!buf)
+	f.buf = malloc(size);
+	if (!f.buf)
 		return -ENOMEM;
-	switch (fmt) {
-	case KPAYLOAD_GZIP:
-		err = ungzip(p, len, buf, size); /* the trailer is gzip's own ISIZE */
-		break;
-	case KPAYLOAD_BZIP2:
-		err = unbzip2(p, len - 4, buf, size);
-		break;
-	case KPAYLOAD_LZMA:
-		err = unlzma(p, len - 4, buf, size);
-		break;
-	case KPAYLOAD_XZ:
-		err = unxz(p, len - 4, buf, size);
-		break;
-	case KPAYLOAD_LZ4:
-		err = unlz4_legacy(p, len - 4, buf, size);
-		break;
-	case KPAYLOAD_ZSTD:
-		err = unzstd(p, len - 4, buf, size);
-		break;
-	default:
-		err = -EOPNOTSUPP;
-		break;
-	}
+	err = kpayload_stream(fmt, p, len, max, flat_sink, &f);
 	if (err) {
-		free(buf);
+		free(f.buf);
 		return err;
 	}
-	*out = buf;
+	*out = f.buf;
 	*outlen = size;
 	return 0;
 }

@@ -31,6 +31,24 @@ enum kpayload_fmt kpayload_detect(const uint8_t *p, size_t len);
 /* "gzip", "lz4", ... for messages. */
 const char *kpayload_name(enum kpayload_fmt fmt);
 
+/* The uncompressed size the payload's trailer announces (0 when too short to have one). */
+size_t kpayload_size(const uint8_t *p, size_t len);
+
+/*
+ * Receives the decompressed bytes in order, a chunk at a time (at most
+ * 8 MiB). Returns 0 to go on or -errno to stop decompressing with that error.
+ */
+typedef int (*kpayload_sink)(void *opaque, const uint8_t *data, size_t len);
+
+/*
+ * Decompress a payload of the given format through sink, so the output never
+ * needs one buffer of its whole size (a vmlinux is tens of MiB). Errors as for
+ * kpayload_decompress(), or the sink's own; on error the sink may have been
+ * given part of the output, never more than the size trailer says.
+ */
+int kpayload_stream(enum kpayload_fmt fmt, const uint8_t *p, size_t len, size_t max,
+		    kpayload_sink sink, void *opaque);
+
 /*
  * Decompress a payload of the given format into a new malloc()ed buffer
  * (*out, *outlen; the caller frees it). Fails with -EOPNOTSUPP (a format
