@@ -33,6 +33,11 @@ struct api {
 int api_dispatch(struct api *api, const char *method, const char *url, const char *body, size_t len,
 		 struct json_object **out, const char **allow);
 
+/* /vm/disks and /vm/disks/{id}[/snapshot] (disks.c): arguments as for api_dispatch. */
+bool api_is_disks_url(const char *url);
+int api_disks(struct api *api, const char *method, const char *url, struct json_object *body,
+	      struct json_object **out, const char **allow);
+
 /* Set *out to {"error": "<message>"} and return status. */
 int api_error(struct json_object **out, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

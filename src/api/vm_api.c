@@ -509,6 +509,14 @@ int api_dispatch(struct api *api, const char *method, const char *url, const cha
 	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
 		if (!strcmp(url, routes[i].path))
 			r = &routes[i];
+	if (!r && api_is_disks_url(url)) {
+		status = parse_body(body, len, &req.body, out);
+		if (status)
+			return status;
+		status = api_disks(api, method, url, req.body, out, allow);
+		json_object_put(req.body);
+		return status;
+	}
 	if (!r)
 		return api_error(out, MHD_HTTP_NOT_FOUND, "no such endpoint: %.128s", url);
 	if (!(req.method & r->methods)) {

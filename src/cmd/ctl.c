@@ -34,6 +34,8 @@ static const struct verb verbs[] = {
     {"version", "GET", "/version", 0, "the API version the server speaks"},
     {"snapshot", "PUT", "/vm/snapshot", 1, "FILE: save the VM (not implemented yet)"},
     {"clone", "PUT", "/vm/clone", 0, "fork the running VM (not implemented yet)"},
+    {"disks", "GET", "/vm/disks", 0, "the disks, with their live snapshot jobs"},
+    {"disk-snapshot", "POST", NULL, 3, "DISK copy|overlay FILE: live snapshot of a disk"},
     {"request", NULL, NULL, 2, "METHOD PATH [JSON]: any request, e.g. GET /vm"},
 };
 
@@ -44,7 +46,7 @@ static void ctl_usage(FILE *f)
 		   "and print its JSON answer. Exits 0 on success, 1 when the request\n"
 		   "failed (the server's error is printed), 2 on bad usage.\n\nverbs:\n");
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
+		fprintf(f, "  %-13s %s\n", verbs[i].name, verbs[i].help);
 	fprintf(f,
 		"\noptions:\n"
 		"  --timeout SECONDS  give up on a silent server after this long (default %d)\n"
@@ -107,6 +109,26 @@ static const struct verb *find_verb(const char *name)
 	return NULL;
 }
 
+/* disk-snapshot DISK MODE FILE: POST /vm/disks/DISK/snapshot. */
+static int disk_snapshot(const char *sock, char **argv, int timeout_s)
+{
+	struct json_object *body = json_object_new_object();
+	char path[64];
+	int rc;
+
+	if (!body || strlen(argv[0]) > 8 || strchr(argv[0], '/')) {
+		json_object_put(body);
+		fprintf(stderr, "tern ctl: DISK is a disk number (0 for the first --disk)\n");
+		return EXIT_USAGE;
+	}
+	snprintf(path, sizeof(path), "/vm/disks/%s/snapshot", argv[0]);
+	json_object_object_add(body, "mode", json_object_new_string(argv[1]));
+	json_object_object_add(body, "target", json_object_new_string(argv[2]));
+	rc = send_and_print(sock, "POST", path, json_object_to_json_string(body), timeout_s);
+	json_object_put(body);
+	return rc;
+}
+
 /* Build the request of verb v from its arguments and send it. */
 static int run_verb(const char *sock, const struct verb *v, int argc, char **argv, int timeout_s)
 {
@@ -132,6 +154,8 @@ static int run_verb(const char *sock, const struct verb *v, int argc, char **arg
 	}
 	if (!v->nargs)
 		return send_and_print(sock, v->method, v->path, NULL, timeout_s);
+	if (!strcmp(v->name, "disk-snapshot"))
+		return disk_snapshot(sock, argv, timeout_s);
 	/* snapshot FILE: let json-c quote the path. */
 	body = json_object_new_object();
 	if (!body)

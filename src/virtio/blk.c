@@ -9,14 +9,17 @@
  * on a read-only disk.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "block/block.h"
 #include "util/log.h"
 #include "virtio/transport.h"
 #include "virtio/virtio.h"
+#include "vmm/vm.h"
 
 #define VIRTIO_ID_BLOCK 2
 
@@ -76,6 +79,16 @@ struct vblk {
 	bool readonly;
 	char serial[VIRTIO_BLK_ID_BYTES];
 	struct iovec data[VIRTQ_MAX_SIZE]; /* scratch, used on the I/O thread only */
+	unsigned index;			   /* 0 for the first disk added */
+	/*
+	 * Switching the backend under a running guest (virtio_blk_call): bd
+	 * changes only while hold is set and no request is in flight; the I/O
+	 * thread waits at the next request, which stays in the queue until then.
+	 */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool hold, inflight;
+	pthread_mutex_t admin; /* one virtio_blk_call at a time */
 };
 
 /* dst = the bytes [skip, skip+len) of src, as iovecs; returns how many. */
@@ -217,8 +230,21 @@ static int blk_handle_queue(struct virtio_dev *vd, unsigned q, struct virtq *vq,
 	struct vblk *vb = vd->priv;
 	int r;
 
-	while ((r = virtq_pop(vq, ch)) > 0)
-		virtq_push(vq, ch->head, blk_request(vb, ch));
+	while ((r = virtq_pop(vq, ch)) > 0) {
+		uint32_t used;
+
+		pthread_mutex_lock(&vb->lock);
+		while (vb->hold)
+			pthread_cond_wait(&vb->cond, &vb->lock);
+		vb->inflight = true;
+		pthread_mutex_unlock(&vb->lock);
+		used = blk_request(vb, ch);
+		pthread_mutex_lock(&vb->lock);
+		vb->inflight = false;
+		pthread_cond_broadcast(&vb->cond);
+		pthread_mutex_unlock(&vb->lock);
+		virtq_push(vq, ch->head, used);
+	}
 	return r;
 }
 
@@ -227,6 +253,9 @@ static void blk_destroy(struct virtio_dev *vd)
 	struct vblk *vb = vd->priv;
 
 	blk_close(vb->bd);
+	pthread_mutex_destroy(&vb->lock);
+	pthread_cond_destroy(&vb->cond);
+	pthread_mutex_destroy(&vb->admin);
 	free(vb);
 }
 
@@ -295,6 +324,96 @@ static void blk_serial(struct vblk *vb, const char *spec)
 	memcpy(vb->serial, base, n < VIRTIO_BLK_ID_BYTES ? n : VIRTIO_BLK_ID_BYTES);
 }
 
+/* The disk behind a registered device, or NULL if it is not a virtio-blk device. */
+static struct vblk *device_disk(const struct device *d)
+{
+	const struct virtio_dev *vd;
+
+	if (!d->ops->name || strcmp(d->ops->name, "virtio"))
+		return NULL;
+	vd = d->dev;
+	return vd->ops == &blk_ops_rw || vd->ops == &blk_ops_ro ? vd->priv : NULL;
+}
+
+static unsigned count_disks(struct vm *vm)
+{
+	struct device *d;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	d = vm->devices;
+	pthread_mutex_unlock(&vm->lock);
+	/* The registry only grows at its head; entries live until vm_destroy(). */
+	for (; d; d = d->next)
+		n += device_disk(d) != NULL;
+	return n;
+}
+
+struct vblk *virtio_blk_find(struct vm *vm, unsigned n)
+{
+	struct device *d;
+
+	pthread_mutex_lock(&vm->lock);
+	d = vm->devices;
+	pthread_mutex_unlock(&vm->lock);
+	for (; d; d = d->next) {
+		struct vblk *vb = device_disk(d);
+
+		if (vb && vb->index == n)
+			return vb;
+	}
+	return NULL;
+}
+
+bool virtio_blk_readonly(const struct vblk *vb)
+{
+	return vb->readonly;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+int virtio_blk_call(struct vblk *vb, bool hold, int (*fn)(struct blockdev **bd, void *arg),
+		    void *arg, uint64_t *held_ns)
+{
+	struct blockdev *bd;
+	uint64_t t0 = 0;
+	int r;
+
+	pthread_mutex_lock(&vb->admin);
+	bd = vb->bd;
+	if (hold) {
+		pthread_mutex_lock(&vb->lock);
+		vb->hold = true;
+		while (vb->inflight)
+			pthread_cond_wait(&vb->cond, &vb->lock);
+		pthread_mutex_unlock(&vb->lock);
+		t0 = now_ns();
+	}
+	r = fn(&bd, arg);
+	if (bd != vb->bd && (!hold || bd->size != vb->bd->size)) {
+		pr_err("virtio-blk: a disk's backend may only be replaced by one of the same size");
+		r = r < 0 ? r : -EINVAL;
+	} else {
+		vb->bd = bd;
+	}
+	if (hold) {
+		if (held_ns)
+			*held_ns = now_ns() - t0;
+		pthread_mutex_lock(&vb->lock);
+		vb->hold = false;
+		pthread_cond_broadcast(&vb->cond);
+		pthread_mutex_unlock(&vb->lock);
+	}
+	pthread_mutex_unlock(&vb->admin);
+	return r;
+}
+
 int virtio_blk_add(struct vm *vm, const char *spec, bool readonly)
 {
 	struct virtio_dev *vd;
@@ -311,6 +430,10 @@ int virtio_blk_add(struct vm *vm, const char *spec, bool readonly)
 		free(vb);
 		return err;
 	}
+	pthread_mutex_init(&vb->lock, NULL);
+	pthread_cond_init(&vb->cond, NULL);
+	pthread_mutex_init(&vb->admin, NULL);
+	vb->index = count_disks(vm);
 	vb->readonly = readonly || vb->bd->readonly;
 	if (vb->bd->size % 512)
 		pr_warn("virtio-blk: %s: size not a multiple of 512; the tail is not visible",
