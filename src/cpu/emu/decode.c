@@ -344,6 +344,18 @@ static int decode_one(struct emu_cpu *c, enum emu_dmode dm, const uint8_t *bytes
 	for (unsigned k = 0; k < i->nops; k++)
 		conv_operand(&zi, &zo[k], &i->op[k]);
 	i->fn = resolve(c, &zi, zo, i, ends);
+	for (unsigned k = 0; k < i->nops; k++) {
+		const struct emu_operand *o = &i->op[k];
+
+		/* Addresses only from GPRs and RIP: VSIB (vector index) forms are AVX, not offered.
+		 */
+		if (o->kind == EMU_OP_MEM &&
+		    ((o->base != EMU_R_NONE && o->base >= 16 && o->base != EMU_R_RIP) ||
+		     (o->index != EMU_R_NONE && o->index >= 16))) {
+			i->fn = emu_h_ud;
+			*ends = true;
+		}
+	}
 	return 0;
 }
 
