@@ -461,16 +461,42 @@ static void get_seg(struct snap_rd *r, struct cpu_seg *s)
 }
 
 /* The u64 fields after the segments, in file order. */
-#define CPU_U64_FIELDS(X)                                                                          \
-	X(cr0)                                                                                     \
-	X(cr2) X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(apic_base) X(star) X(lstar) X(cstar)         \
-	    X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp) X(sysenter_eip) X(pat)      \
-		X(tsc) X(tsc_deadline) X(misc_enable) X(kvm_system_time) X(kvm_wall_clock)
+#define CPU_NU64 22
+static void cpu_u64_fields(struct cpu_state *st, uint64_t *f[CPU_NU64])
+{
+	uint64_t *list[CPU_NU64] = {
+	    &st->cr0,
+	    &st->cr2,
+	    &st->cr3,
+	    &st->cr4,
+	    &st->cr8,
+	    &st->efer,
+	    &st->xcr0,
+	    &st->apic_base,
+	    &st->star,
+	    &st->lstar,
+	    &st->cstar,
+	    &st->sfmask,
+	    &st->kernel_gs_base,
+	    &st->sysenter_cs,
+	    &st->sysenter_esp,
+	    &st->sysenter_eip,
+	    &st->pat,
+	    &st->tsc,
+	    &st->tsc_deadline,
+	    &st->misc_enable,
+	    &st->kvm_system_time,
+	    &st->kvm_wall_clock,
+	};
+
+	memcpy(f, list, sizeof(list));
+}
 
 int snap_cpu_encode(const struct cpu_state *st, struct dev_buf *b)
 {
 	const struct cpu_seg *segs[] = {&st->es, &st->cs, &st->ss,  &st->ds,
 					&st->fs, &st->gs, &st->ldt, &st->tr};
+	uint64_t *f[CPU_NU64];
 	int err = snap_put_u32(b, CPU_REC_VERSION);
 
 	for (int i = 0; !err && i < 16; i++)
@@ -489,11 +515,9 @@ int snap_cpu_encode(const struct cpu_state *st, struct dev_buf *b)
 		err = snap_put_u64(b, st->idt.base);
 	if (!err)
 		err = snap_put_u16(b, st->idt.limit);
-#define PUT64(f)                                                                                   \
-	if (!err)                                                                                  \
-		err = snap_put_u64(b, st->f);
-	CPU_U64_FIELDS(PUT64)
-#undef PUT64
+	cpu_u64_fields((struct cpu_state *)st, f);
+	for (int i = 0; !err && i < CPU_NU64; i++)
+		err = snap_put_u64(b, *f[i]);
 	if (!err)
 		err = dev_buf_put(b, st->fxsave, sizeof(st->fxsave));
 	if (!err)
@@ -514,6 +538,7 @@ int snap_cpu_decode(const void *data, uint64_t len, struct cpu_state *st)
 	struct cpu_seg *segs[] = {&st->es, &st->cs, &st->ss,  &st->ds,
 				  &st->fs, &st->gs, &st->ldt, &st->tr};
 	struct snap_rd r = {.p = data, .len = len};
+	uint64_t *f[CPU_NU64];
 
 	memset(st, 0, sizeof(*st));
 	if (snap_rd_u32(&r) != CPU_REC_VERSION)
@@ -528,9 +553,9 @@ int snap_cpu_decode(const void *data, uint64_t len, struct cpu_state *st)
 	st->gdt.limit = snap_rd_u16(&r);
 	st->idt.base = snap_rd_u64(&r);
 	st->idt.limit = snap_rd_u16(&r);
-#define GET64(f) st->f = snap_rd_u64(&r);
-	CPU_U64_FIELDS(GET64)
-#undef GET64
+	cpu_u64_fields(st, f);
+	for (int i = 0; i < CPU_NU64; i++)
+		*f[i] = snap_rd_u64(&r);
 	snap_rd_bytes(&r, st->fxsave, sizeof(st->fxsave));
 	snap_rd_bytes(&r, st->lapic, sizeof(st->lapic));
 	st->halted = snap_rd_u8(&r) & 1;

@@ -15,7 +15,9 @@ printf 'disk-says-%s\n' "$$" >"$disk"
 truncate -s 1M "$disk"
 
 # The counter prints COUNT=100, 200, ...; the snapshot is taken once 300 is reached.
-guest='mkdir -p /mnt/t && mount -t tmpfs none /mnt/t || exit 9
+# No echo: input typed after the restore must not land in the middle of the COUNT lines.
+guest='stty -echo 2>/dev/null
+mkdir -p /mnt/t && mount -t tmpfs none /mnt/t || exit 9
 i=0
 while [ $i -lt 1500 ]; do
 	i=$((i + 1))
