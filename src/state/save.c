@@ -126,7 +126,6 @@ int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
 {
 	const struct snap_desc *desc = snap_desc_find(vm);
 	uint64_t t0 = now_ns(), t1;
-	bool was_paused;
 	int err;
 
 	if (!desc) {
@@ -140,20 +139,15 @@ int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
 		       vm->cpu->name);
 		return -ENOTSUP;
 	}
-	pthread_mutex_lock(&vm->lock);
-	was_paused = vm->pause_req;
-	pthread_mutex_unlock(&vm->lock);
-	if (!was_paused) {
-		err = vm_pause(vm);
-		if (err) {
-			pr_err("snapshot: cannot pause the VM: %s", strerror(-err));
-			return err;
-		}
+	/* Pauses nest: a VM someone else paused stays paused after our resume. */
+	err = vm_pause(vm);
+	if (err) {
+		pr_err("snapshot: cannot pause the VM: %s", strerror(-err));
+		return err;
 	}
 	t1 = now_ns();
 	err = save_paused(vm, desc, state_path, mem_path);
-	if (!was_paused)
-		vm_resume(vm);
+	vm_resume(vm);
 	pr_info("snapshot: %s (%s) in %llu ms, paused %llu ms", err ? "failed" : "saved",
 		state_path, (unsigned long long)((now_ns() - t0) / 1000000),
 		(unsigned long long)((now_ns() - t1) / 1000000));
