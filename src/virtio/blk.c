@@ -382,11 +382,12 @@ int virtio_blk_call(struct vblk *vb, bool hold, int (*fn)(struct blockdev **bd, 
 		    void *arg, uint64_t *held_ns)
 {
 	struct blockdev *bd;
-	uint64_t t0 = 0;
+	uint64_t t0 = 0, size;
 	int r;
 
 	pthread_mutex_lock(&vb->admin);
 	bd = vb->bd;
+	size = bd->size; /* fn may free the old device */
 	if (hold) {
 		pthread_mutex_lock(&vb->lock);
 		vb->hold = true;
@@ -396,7 +397,7 @@ int virtio_blk_call(struct vblk *vb, bool hold, int (*fn)(struct blockdev **bd, 
 		t0 = now_ns();
 	}
 	r = fn(&bd, arg);
-	if (bd != vb->bd && (!hold || bd->size != vb->bd->size)) {
+	if (bd != vb->bd && (!hold || bd->size != size)) {
 		pr_err("virtio-blk: a disk's backend may only be replaced by one of the same size");
 		r = r < 0 ? r : -EINVAL;
 	} else {
