@@ -229,15 +229,22 @@ static uint8_t insn_seg(const ZydisDecodedInstruction *zi)
 	return SEG_DS;
 }
 
-static void log_unknown(struct emu_vm *ev, unsigned m)
+/*
+ * An instruction nobody implements: #UD, logged once per mnemonic when it
+ * executes (blocks are decoded past branches, so decoding alone proves
+ * nothing: e.g. XRSTOR behind a CPUID-feature test that is never taken).
+ */
+static void h_unimplemented(struct emu_cpu *c, const struct emu_insn *i)
 {
+	unsigned m = i->mnemonic & ~(EMU_MN_FAR | EMU_MN_CRDR);
 	uint64_t bit = 1ull << (m % 64);
 
-	if (m >= 64 * EMU_UD_LOG_WORDS)
-		return;
-	if (!(__atomic_fetch_or(&ev->ud_logged[m / 64], bit, __ATOMIC_RELAXED) & bit))
-		pr_warn("emu: no handler for %s, raising #UD\n",
-			ZydisMnemonicGetString((ZydisMnemonic)m));
+	if (m < 64 * EMU_UD_LOG_WORDS &&
+	    !(__atomic_fetch_or(&c->vm->ud_logged[m / 64], bit, __ATOMIC_RELAXED) & bit))
+		pr_warn("emu: no handler for %s%s, raising #UD\n",
+			ZydisMnemonicGetString((ZydisMnemonic)m),
+			(i->mnemonic & EMU_MN_FAR) ? " (far)" : "");
+	emu_raise(c, EMU_UD, EMU_NO_ERR);
 }
 
 /* Pick the handler; *ends is set when the instruction must end its block. */
@@ -277,9 +284,8 @@ static emu_handler resolve(struct emu_cpu *c, const ZydisDecodedInstruction *zi,
 	if (!h && m == zi->mnemonic)
 		h = emu_fpu_handler(m);
 	if (!h) {
-		log_unknown(c->vm, zi->mnemonic);
 		*ends = true;
-		return emu_h_ud;
+		return h_unimplemented;
 	}
 	/* Conditional branches do not end a block: a taken one leaves it early (exec.c). */
 	switch (zi->meta.category) {
