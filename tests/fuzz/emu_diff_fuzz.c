@@ -28,6 +28,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "emu_diff_fuzz: harness setup failed\n");
 		return 1;
 	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
 	t.rng = seed ? seed : 1;
 	printf("emu_diff_fuzz: %llu cases, seed %#llx\n", cases, (unsigned long long)seed);
 	while (t.cases < cases) {
@@ -38,6 +39,8 @@ int main(int argc, char **argv)
 		t.failures = before;
 		if (failures > 100)
 			break;
+		if (t.cases / 100000 != (t.cases - 1000) / 100000)
+			printf("emu_diff_fuzz: %u cases, %llu failures\n", t.cases, failures);
 	}
 	printf("emu_diff_fuzz: %u cases, %llu failures (seed %#llx)\n", t.cases, failures,
 	       (unsigned long long)seed);
