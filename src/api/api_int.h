@@ -38,6 +38,12 @@ bool api_is_disks_url(const char *url);
 int api_disks(struct api *api, const char *method, const char *url, struct json_object *body,
 	      struct json_object **out, const char **allow);
 
+/* Memory overcommit (balloon_api.c): GET/PUT /vm/balloon, POST /vm/sweep. */
+int api_balloon(struct api *api, bool put, struct json_object *body, struct json_object **out);
+int api_sweep(struct api *api, struct json_object *body, struct json_object **out);
+/* Add the reclaim counters (and the balloon's classification) to GET /vm/stats' "memory". */
+void api_memory_reclaim(struct api *api, struct json_object *mem);
+
 /* Set *out to {"error": "<message>"} and return status. */
 int api_error(struct json_object **out, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -264,6 +264,7 @@ static struct json_object *vm_stats(struct api *api)
 	add_u64(mem, "guest_bytes", vm->mem.size);
 	add_u64(mem, "guest_resident_bytes", guest_resident_bytes(&vm->mem));
 	add_u64(mem, "host_rss_bytes", host_rss_bytes());
+	api_memory_reclaim(api, mem);
 	json_object_object_add(o, "memory", mem);
 	json_object_object_add(o, "devices", device_stats(vm));
 	add_u64(apio, "requests", __atomic_load_n(&api->nrequests, __ATOMIC_RELAXED));
@@ -386,6 +387,16 @@ static int h_stats(struct api *api, const struct api_req *req, struct json_objec
 	return *out ? MHD_HTTP_OK : api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
 }
 
+static int h_balloon(struct api *api, const struct api_req *req, struct json_object **out)
+{
+	return api_balloon(api, req->method == M_PUT, req->body, out);
+}
+
+static int h_sweep(struct api *api, const struct api_req *req, struct json_object **out)
+{
+	return api_sweep(api, req->body, out);
+}
+
 static int h_version(struct api *api, const struct api_req *req, struct json_object **out)
 {
 	*out = json_object_new_object();
@@ -436,6 +447,8 @@ static const struct api_route routes[] = {
     {"/vm/snapshot", M_PUT | M_POST, "PUT, POST", h_snapshot},
     {"/vm/restore", M_PUT | M_POST, "PUT, POST", h_restore},
     {"/vm/clone", M_PUT | M_POST, "PUT, POST", h_clone},
+    {"/vm/balloon", M_GET | M_PUT, "GET, PUT", h_balloon},
+    {"/vm/sweep", M_PUT | M_POST, "PUT, POST", h_sweep},
 };
 
 static unsigned method_bit(const char *m)

@@ -36,6 +36,8 @@ static const struct verb verbs[] = {
     {"clone", "PUT", "/vm/clone", 0, "fork the running VM (not implemented yet)"},
     {"disks", "GET", "/vm/disks", 0, "the disks, with their live snapshot jobs"},
     {"disk-snapshot", "POST", NULL, 3, "DISK copy|overlay FILE: live snapshot of a disk"},
+    {"balloon", NULL, "/vm/balloon", 1, "set MIB | get: balloon target; guest memory statistics"},
+    {"sweep", "POST", "/vm/sweep", 0, "release the guest's zero pages now, print what it freed"},
     {"request", NULL, NULL, 2, "METHOD PATH [JSON]: any request, e.g. GET /vm"},
 };
 
@@ -130,6 +132,28 @@ static int disk_snapshot(const char *sock, char **argv, int timeout_s)
 }
 
 /* Build the request of verb v from its arguments and send it. */
+/* balloon get | balloon set MIB */
+static int balloon_verb(const char *sock, int argc, char **argv, int timeout_s)
+{
+	char body[64], *end;
+	unsigned long long mib;
+
+	if (argc == 1 && !strcmp(argv[0], "get"))
+		return send_and_print(sock, "GET", "/vm/balloon", NULL, timeout_s);
+	if (argc != 2 || strcmp(argv[0], "set")) {
+		fprintf(stderr, "tern ctl: usage: balloon set MIB | balloon get\n");
+		return EXIT_USAGE;
+	}
+	errno = 0;
+	mib = strtoull(argv[1], &end, 10);
+	if (errno || end == argv[1] || *end || argv[1][0] == '-' || mib > (1ull << 40)) {
+		fprintf(stderr, "tern ctl: balloon set: '%s' is not a size in MiB\n", argv[1]);
+		return EXIT_USAGE;
+	}
+	snprintf(body, sizeof(body), "{\"target_mib\": %llu}", mib);
+	return send_and_print(sock, "PUT", "/vm/balloon", body, timeout_s);
+}
+
 static int run_verb(const char *sock, const struct verb *v, int argc, char **argv, int timeout_s)
 {
 	struct json_object *body;
@@ -147,6 +171,8 @@ static int run_verb(const char *sock, const struct verb *v, int argc, char **arg
 		return send_and_print(sock, argv[0], argv[1], argc == 3 ? argv[2] : NULL,
 				      timeout_s);
 	}
+	if (!strcmp(v->name, "balloon"))
+		return balloon_verb(sock, argc, argv, timeout_s);
 	if (argc != v->nargs) {
 		fprintf(stderr, "tern ctl: '%s' takes %d argument(s); see 'tern ctl --help'\n",
 			v->name, v->nargs);
