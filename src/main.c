@@ -16,6 +16,7 @@ static const struct {
 	{"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
 	{"nbd-serve", cmd_nbd_serve, "export a disk image over NBD"},
 	{"volume", cmd_volume, "pack many files into one read-only disk, list, unpack"},
+	{"replicate", cmd_replicate, "ship a disk's chain to a recovery site, or serve one"},
 };
 
 static void usage(FILE *f)

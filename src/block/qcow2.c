@@ -1584,7 +1584,8 @@ static int qcow2_open_backing(struct qcow2_dev *q, int depth)
 	return blk_open_depth(q->backing_path, q->backing_fmt, true, depth + 1, &q->backing);
 }
 
-int qcow2_open(const char *path, bool readonly, int depth, struct blockdev **out)
+static int qcow2_open_ex(const char *path, bool readonly, int depth, bool backing,
+			 struct blockdev **out)
 {
 	struct qcow2_dev *q = calloc(1, sizeof(*q));
 	uint8_t *hc = NULL;
@@ -1620,7 +1621,7 @@ int qcow2_open(const char *path, bool readonly, int depth, struct blockdev **out
 		r = setup_caches(q);
 	if (r == 0)
 		r = qcow2_open_tables(q);
-	if (r == 0)
+	if (r == 0 && backing)
 		r = qcow2_open_backing(q, depth);
 	if (r < 0)
 		goto fail;
@@ -1632,6 +1633,11 @@ fail:
 	q->bd.readonly = true; /* nothing to write back */
 	qcow2_free(q);
 	return r;
+}
+
+int qcow2_open(const char *path, bool readonly, int depth, struct blockdev **out)
+{
+	return qcow2_open_ex(path, readonly, depth, true, out);
 }
 
 /* ---- creating ---- */
@@ -1812,23 +1818,15 @@ int qcow2_block_status(struct blockdev *bd, uint64_t off, uint64_t len, uint64_t
 	return r < 0 ? r : first > 0;
 }
 
-int qcow2_set_backing(struct blockdev *bd, const char *name, const char *fmt)
+/* Write the backing name and format into the header cluster, durably. */
+static int write_backing_hdr(struct qcow2_dev *q, const char *name, const char *fmt)
 {
-	struct qcow2_dev *q = to_q(bd);
 	uint8_t *hc = malloc(q->cs), b[12];
 	uint64_t name_off;
-	struct blockdev *nb = NULL;
-	char *path = NULL;
 	int r;
 
 	if (!hc)
 		return -ENOMEM;
-	if (name) {
-		path = resolve_backing(q->path, name);
-		r = path ? blk_open_depth(path, fmt, true, 1, &nb) : -ENOMEM;
-		if (r < 0)
-			goto out;
-	}
 	r = build_header_tail(hc, q->cs, q->header_len, name ? fmt : NULL, q->ext_keep,
 			      q->ext_keep_len, name, &name_off);
 	if (r < 0) {
@@ -1842,6 +1840,37 @@ int qcow2_set_backing(struct blockdev *bd, const char *name, const char *fmt)
 		r = blk_fd_pwrite(q->fd, b, 12, 8);
 	if (r == 0 && fdatasync(q->fd) < 0)
 		r = -errno;
+out:
+	free(hc);
+	return r;
+}
+
+int qcow2_rewrite_backing(const char *path, const char *name, const char *fmt)
+{
+	struct blockdev *bd;
+	int r = qcow2_open_ex(path, false, 0, false, &bd);
+
+	if (r < 0)
+		return r;
+	r = write_backing_hdr(to_q(bd), name, fmt);
+	blk_close(bd);
+	return r;
+}
+
+int qcow2_set_backing(struct blockdev *bd, const char *name, const char *fmt)
+{
+	struct qcow2_dev *q = to_q(bd);
+	struct blockdev *nb = NULL;
+	char *path = NULL;
+	int r;
+
+	if (name) {
+		path = resolve_backing(q->path, name);
+		r = path ? blk_open_depth(path, fmt, true, 1, &nb) : -ENOMEM;
+		if (r < 0)
+			goto out;
+	}
+	r = write_backing_hdr(q, name, fmt);
 	if (r < 0)
 		goto out;
 	blk_close(q->backing);
@@ -1857,7 +1886,6 @@ int qcow2_set_backing(struct blockdev *bd, const char *name, const char *fmt)
 out:
 	blk_close(nb);
 	free(path);
-	free(hc);
 	return r;
 }
 

@@ -59,4 +59,11 @@ int qcow2_block_status(struct blockdev *bd, uint64_t off, uint64_t len, uint64_t
 /* Point the image at another backing file (NULL: none) without copying data. */
 int qcow2_set_backing(struct blockdev *bd, const char *name, const char *fmt);
 
+/*
+ * The same for an image file that is not open, without opening its current
+ * or its new backing file (which need not exist yet): for rebuilding a chain
+ * under new names, e.g. on a recovery site.
+ */
+int qcow2_rewrite_backing(const char *path, const char *name, const char *fmt);
+
 #endif

@@ -10,5 +10,6 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_nbd_serve(int argc, char **argv);
 int cmd_volume(int argc, char **argv);
+int cmd_replicate(int argc, char **argv);
 
 #endif
