@@ -47,7 +47,8 @@ static void usage(FILE *f)
 		   "      receive layers over TCP into the replica directory DIR\n"
 		   "  tern replicate show DIR\n"
 		   "      the replica's chain, base first; the last line is its latest point\n"
-		   "\nDEST is a replica directory or tcp:HOST:PORT.\n");
+		   "\nDEST is a replica directory or tcp:HOST:PORT. -v, --verbose: say what\n"
+		   "moves (layers shipped, installed, resumed).\n");
 }
 
 static double now_s(void)
@@ -274,22 +275,18 @@ struct opts {
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
-	static const struct option lo[] = {{"to", required_argument, NULL, 't'},
-					   {"api", required_argument, NULL, 'a'},
-					   {"disk", required_argument, NULL, 'd'},
-					   {"layers", required_argument, NULL, 'l'},
-					   {"points", required_argument, NULL, 'n'},
-					   {"every", required_argument, NULL, 'e'},
-					   {"listen", required_argument, NULL, 'L'},
-					   {"port", required_argument, NULL, 'p'},
-					   {"once", no_argument, NULL, 'o'},
-					   {"help", no_argument, NULL, 'h'},
-					   {NULL, 0, NULL, 0}};
+	static const struct option lo[] = {
+	    {"to", required_argument, NULL, 't'},     {"api", required_argument, NULL, 'a'},
+	    {"disk", required_argument, NULL, 'd'},   {"layers", required_argument, NULL, 'l'},
+	    {"points", required_argument, NULL, 'n'}, {"every", required_argument, NULL, 'e'},
+	    {"listen", required_argument, NULL, 'L'}, {"port", required_argument, NULL, 'p'},
+	    {"once", no_argument, NULL, 'o'},	      {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0}};
 	char *end;
 	int c;
 
 	o->points = 1;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "hv", lo, NULL)) != -1) {
 		errno = 0;
 		switch (c) {
 		case 't':
@@ -309,6 +306,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case 'o':
 			o->once = true;
+			break;
+		case 'v':
+			log_set_level(LOG_INFO);
 			break;
 		case 'd':
 			o->disk = (unsigned)strtoul(optarg, &end, 10);
