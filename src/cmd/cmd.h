@@ -11,5 +11,7 @@ int cmd_restore(int argc, char **argv);
 int cmd_nbd_serve(int argc, char **argv);
 int cmd_volume(int argc, char **argv);
 int cmd_replicate(int argc, char **argv);
+/* tern img stress (img_stress.c): the crash-safety writer and its checker. */
+int img_stress(int argc, char **argv);
 
 #endif

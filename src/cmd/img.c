@@ -38,6 +38,9 @@ static const char usage_text[] =
     "  rebase [-u] [-p] -b BACKING [-F FMT] FILE\n"
     "      point FILE at another backing file; without -u, first copy into FILE\n"
     "      whatever would read differently (-b \"\" removes the backing file)\n"
+    "  stress [--verify [--format F]] [--seed N] [--flush-every K] [--count N] FILE LOG\n"
+    "      crash-test writer: writes until killed, logs what each flush made durable;\n"
+    "      --verify checks FILE holds every write LOG acknowledges\n"
     "\n"
     "-p shows progress (default when standard output is a terminal).\n";
 
@@ -687,6 +690,7 @@ int cmd_img(int argc, char **argv)
 	} subs[] = {
 	    {"create", img_create},   {"info", img_info},     {"check", img_check},
 	    {"convert", img_convert}, {"commit", img_commit}, {"rebase", img_rebase},
+	    {"stress", img_stress},
 	};
 
 	if (argc < 2)
