@@ -92,7 +92,7 @@ static int parse_layer(const char *s, struct replica_layer *l)
 	snprintf(l->format, sizeof(l->format), "%s", fmt);
 	if (strlen(name) > REPLICA_NAME_MAX)
 		return -EINVAL;
-	snprintf(l->name, sizeof(l->name), "%s", name);
+	memcpy(l->name, name, strlen(name) + 1);
 	return 0;
 }
 
