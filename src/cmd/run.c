@@ -39,8 +39,6 @@
 #define MAX_MEM_MIB (1024 * 1024)
 #define MAX_CPUS 64
 #define KERNEL_CMDLINE_MAX 2047
-#define DEFAULT_CMDLINE                                                                            \
-	"console=ttyS0 reboot=k panic=-1 loglevel=4 8250.nr_uarts=1 cryptomgr.notests"
 
 struct disk_opt {
 	const char *path;
@@ -72,7 +70,7 @@ static void run_usage(FILE *f)
 		"(Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A).\n"
 		"\n"
 		"options:\n"
-		"  --kernel PATH       bzImage or vmlinux ELF to boot (default: guest/out/vmlinuz)\n"
+		"  --kernel PATH       bzImage or vmlinux ELF (default: guest/out/vmlinuz)\n"
 		"  --initrd PATH       initrd (default: guest/out/initrd with the default kernel)\n"
 		"  --cmdline STR       appended to the kernel command line\n"
 		"  --cpus N            vCPUs (default 1, at most %d)\n"
@@ -348,7 +346,8 @@ static char *base64_argv(char **argv, int argc)
 	return out;
 }
 
-static char *build_cmdline(const struct run_opts *o)
+/* tern's defaults (more on the emulator), then --cmdline, then the command. */
+static char *build_cmdline(const struct run_opts *o, bool emu)
 {
 	char *cmd = NULL, *b64 = NULL;
 	int n;
@@ -358,8 +357,9 @@ static char *build_cmdline(const struct run_opts *o)
 		if (!b64)
 			return NULL;
 	}
-	n = asprintf(&cmd, "%s%s%s%s%s", DEFAULT_CMDLINE, o->cmdline ? " " : "",
-		     o->cmdline ? o->cmdline : "", b64 ? " tern.cmd=" : "", b64 ? b64 : "");
+	n = asprintf(&cmd, "%s%s%s%s%s%s", X86_DEFAULT_CMDLINE, emu ? " " X86_EMU_CMDLINE : "",
+		     o->cmdline ? " " : "", o->cmdline ? o->cmdline : "", b64 ? " tern.cmd=" : "",
+		     b64 ? b64 : "");
 	free(b64);
 	return n < 0 ? NULL : cmd;
 }
@@ -592,7 +592,7 @@ static int exit_code(struct vm *vm, enum vm_stop_reason why, const struct run_op
 	return 1;
 }
 
-static int run_vm(const struct run_opts *o, const char *cmdline)
+static int run_vm(const struct run_opts *o, const struct cpu_backend *backend, const char *cmdline)
 {
 	struct vm_config cfg = {.mem_size = o->mem_mib << 20, .ncpus = o->cpus};
 	struct machine_config mc = {.kernel_path = o->kernel,
@@ -614,7 +614,7 @@ static int run_vm(const struct run_opts *o, const char *cmdline)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	cfg.cpu = pick_backend(o->accel);
+	cfg.cpu = backend;
 	pr_info("backend %s, %d vCPU(s), %llu MiB", cfg.cpu->name, o->cpus,
 		(unsigned long long)o->mem_mib);
 	err = vm_create(&vm, &cfg);
@@ -662,6 +662,7 @@ static void free_opts(struct run_opts *o)
 
 int cmd_run(int argc, char **argv)
 {
+	const struct cpu_backend *backend;
 	struct run_opts o;
 	bool help = false;
 	char *cmdline = NULL;
@@ -679,7 +680,8 @@ int cmd_run(int argc, char **argv)
 	rc = check_images(&o);
 	if (rc)
 		goto out;
-	cmdline = build_cmdline(&o);
+	backend = pick_backend(o.accel);
+	cmdline = build_cmdline(&o, backend == &cpu_backend_emu);
 	if (!cmdline) {
 		rc = 1;
 		goto out;
@@ -692,7 +694,7 @@ int cmd_run(int argc, char **argv)
 		rc = EXIT_USAGE;
 		goto out;
 	}
-	rc = run_vm(&o, cmdline);
+	rc = run_vm(&o, backend, cmdline);
 out:
 	free(cmdline);
 	free_opts(&o);

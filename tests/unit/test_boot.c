@@ -380,6 +380,8 @@ static void test_vmlinux_elf(void **state)
 	assert_int_equal(bp[0x236] & 1, 1);
 	assert_int_equal(get32(bp + 0x228), BOOT_CMDLINE_ADDR);
 	assert_int_equal(get32(bp + 0x70), 0xe0000);
+	/* KASLR_FLAG: the kernel randomizes its memory regions itself. */
+	assert_int_equal(bp[0x211] & 2, 2);
 	/* The initrd stays clear of the image, bss included. */
 	assert_true(bi.initrd_addr >= VM_DATA_PA + VM_DATA_SZ + VM_BSS_SZ);
 	assert_int_equal(get32(bp + 0x218), bi.initrd_addr);
@@ -391,6 +393,12 @@ static void test_vmlinux_elf(void **state)
 	((Elf64_Ehdr *)k)->e_entry = VM_VIRT(VM_TEXT_PA) + 0x40;
 	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
 	assert_int_equal(bi.entry, VM_TEXT_PA + 0x40);
+	/* nokaslr as a word of its own turns KASLR_FLAG off; inside another word it does not. */
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "quiet nokaslr", 0, &bi), 0);
+	assert_int_equal(bp[0x211] & 2, 0);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "x.nokaslr=1 nokaslrx", 0, &bi),
+			 0);
+	assert_int_equal(bp[0x211] & 2, 2);
 	free(k);
 }
 
@@ -481,6 +489,8 @@ static void test_bzimage_payload_direct(void **state)
 	assert_int_equal(bi.entry, 0x1000200);
 	assert_memory_equal(gm_ptr(&c->gm, 0x1000000, ksize - 5 * 512), k + 5 * 512,
 			    ksize - 5 * 512);
+	/* The decompressor decides about KASLR itself. */
+	assert_int_equal(((uint8_t *)gm_ptr(&c->gm, bi.boot_params, 4096))[0x211] & 2, 0);
 	free(k);
 
 	/* An unknown format, and a payload reaching past the image: the same fallback. */

@@ -48,6 +48,7 @@
 #define BP_SIZE 0x1000
 
 #define LOADFLAG_LOADED_HIGH 0x01
+#define LOADFLAG_KASLR 0x02
 #define XLF_KERNEL_64 0x01
 #define BOOT_PROTOCOL_MIN 0x020c /* 2.12: xloadflags, 64-bit entry */
 
@@ -537,6 +538,29 @@ static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, struct b
 	return gm_write(gm, addr, bz->k + bz->setup_size, bz->pm_size);
 }
 
+/* Whether the command line holds param as a word of its own ("nokaslr"). */
+static bool cmdline_has(const char *cmdline, const char *param)
+{
+	size_t n = strlen(param);
+
+	for (const char *p = strstr(cmdline, param); p; p = strstr(p + 1, param))
+		if ((p == cmdline || p[-1] == ' ') && (p[n] == 0 || p[n] == ' '))
+			return true;
+	return false;
+}
+
+/*
+ * Entered at startup_64, the kernel runs at its link address: the text is
+ * not randomized (that needs the decompressor's relocation pass). The
+ * kernel itself still randomizes its direct map, vmalloc and vmemmap bases
+ * when the loader says KASLR is on, as the decompressor would have.
+ */
+static void direct_kaslr(uint8_t *bp, const char *cmdline)
+{
+	if (!cmdline_has(cmdline, "nokaslr"))
+		bp[HDR_LOADFLAGS] |= LOADFLAG_KASLR;
+}
+
 int boot_load_linux(struct guest_mem *gm, const void *kernel, size_t ksize, const void *initrd,
 		    size_t isize, const char *cmdline, uint64_t rsdp, struct boot_info *bi)
 {
@@ -580,6 +604,8 @@ int boot_load_linux(struct guest_mem *gm, const void *kernel, size_t ksize, cons
 	err = zero_page_fill(bp, &bz, gm, bi, rsdp);
 	if (err)
 		return err;
+	if (bi->direct)
+		direct_kaslr(bp, cmdline);
 	return boot_setup_tables(gm);
 }
 
