@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "state/identity.h"
 #include "state/state_int.h"
 #include "util/log.h"
 #include "vmm/vm.h"
@@ -109,18 +110,6 @@ static int load_devices(struct vm *vm, const struct snap_image *img, char *why, 
 	return 0;
 }
 
-/* Describe the restored VM like the original, so it can be saved again. */
-static int redescribe(struct vm *vm, const struct snap_desc *sd)
-{
-	struct snap_machine_desc md = {.ndisks = sd->ndisks};
-
-	for (unsigned i = 0; i < sd->ndisks; i++) {
-		md.disks[i].path = sd->disks[i].path;
-		md.disks[i].readonly = sd->disks[i].readonly;
-	}
-	return snapshot_describe(vm, &md);
-}
-
 static int map_memory(struct vm *vm, const struct snap_image *img, const char *mem_path, char *why,
 		      size_t wl)
 {
@@ -152,8 +141,46 @@ static int check_model(struct vm *vm, const struct snap_image *img, char *why, s
 	return 0;
 }
 
+/* A clone's own disks replace the saved ones; their sizes are not the saved files'. */
+static int override_disks(struct machine_desc *sd, const struct snapshot_restore_cfg *cfg,
+			  char *why, size_t wl)
+{
+	if (!cfg->disk_paths)
+		return 0;
+	if (cfg->ndisk_paths != sd->ndisks)
+		return why_set(why, wl, -EINVAL, "the snapshot has %u disks, %u given", sd->ndisks,
+			       cfg->ndisk_paths);
+	for (unsigned i = 0; i < sd->ndisks; i++) {
+		char *p = strdup(cfg->disk_paths[i]);
+
+		if (!p)
+			return -ENOMEM;
+		free(sd->disks[i].path);
+		sd->disks[i].path = p;
+		sd->disks[i].size = 0;
+		sd->disks[i].readonly = false;
+	}
+	return 0;
+}
+
+/* A new generation id; for a clone a new VM id and its index. Old snapshots have no device. */
+static int renew_identity(struct vm *vm, const struct machine_desc *sd,
+			  const struct snapshot_restore_cfg *cfg, char *why, size_t wl)
+{
+	int err;
+
+	if (!sd->identity) {
+		if (cfg->clone)
+			pr_warn("this snapshot predates the identity device: clones cannot "
+				"tell themselves apart");
+		return 0;
+	}
+	err = identity_renew(vm, cfg->clone ? cfg->clone_index : IDENTITY_NOT_A_CLONE);
+	return err ? why_set(why, wl, err, "cannot renew the VM's identity") : 0;
+}
+
 /* vm_create() done: everything else, in order. */
-static int load_all(struct vm *vm, const struct snap_image *img, const struct snap_desc *sd,
+static int load_all(struct vm *vm, const struct snap_image *img, const struct machine_desc *sd,
 		    const struct snapshot_restore_cfg *cfg, const char *mem_path, char *why,
 		    size_t wl)
 {
@@ -163,12 +190,10 @@ static int load_all(struct vm *vm, const struct snap_image *img, const struct sn
 		err = check_model(vm, img, why, wl);
 	if (err)
 		return err;
-	err = snap_build_machine(vm, sd, cfg->console_fd);
+	err = machine_desc_build(vm, sd, cfg->console_fd, false);
 	if (err)
 		return why_set(why, wl, err, "cannot build the machine again: %s", strerror(-err));
-	err = redescribe(vm, sd);
-	if (!err)
-		err = check_devices(vm, img, why, wl);
+	err = check_devices(vm, img, why, wl);
 	if (!err)
 		err = load_vcpus(vm, img, why, wl);
 	if (!err) {
@@ -178,6 +203,43 @@ static int load_all(struct vm *vm, const struct snap_image *img, const struct sn
 	}
 	if (!err)
 		err = load_devices(vm, img, why, wl);
+	if (!err)
+		err = renew_identity(vm, sd, cfg, why, wl);
+	return err;
+}
+
+/* Load and check the state file and decode its machine description. */
+static int load_image(const char *state_path, struct snap_image *img, struct machine_desc *sd,
+		      char *why, size_t wl)
+{
+	const char *msg = NULL;
+	int err;
+
+	memset(sd, 0, sizeof(*sd));
+	err = snap_image_load(img, state_path, &msg);
+	if (err) {
+		snap_image_free(img);
+		return why_set(why, wl, err, "%s: %s", state_path, msg);
+	}
+	err = snap_desc_decode(img->machine.data, img->machine.len, sd);
+	if (!err && sd->cpus &&
+	    ((uint32_t)sd->cpus != img->hdr.ncpus || sd->mem_mib << 20 != img->hdr.mem_size))
+		err = -EINVAL;
+	if (err) {
+		snap_image_free(img);
+		machine_desc_clear(sd);
+		return why_set(why, wl, err, "%s: bad machine description", state_path);
+	}
+	return 0;
+}
+
+int snapshot_read_desc(const char *state_path, struct machine_desc *out, char *why, size_t wl)
+{
+	struct snap_image img;
+	int err = load_image(state_path, &img, out, why, wl);
+
+	if (!err)
+		snap_image_free(&img);
 	return err;
 }
 
@@ -185,22 +247,17 @@ int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char
 {
 	struct vm_config vc;
 	struct snap_image img;
-	struct snap_desc sd;
-	const char *msg = NULL;
+	struct machine_desc sd;
 	char *mem_path = NULL;
 	int err;
 
 	memset(vm, 0, sizeof(*vm)); /* vm_destroy() of a never-created VM is a no-op */
-	err = snap_image_load(&img, cfg->state_path, &msg);
-	if (err) {
-		snap_image_free(&img);
-		return why_set(why, wl, err, "%s: %s", cfg->state_path, msg);
-	}
-	err = snap_desc_decode(img.machine.data, img.machine.len, &sd);
-	if (err) {
-		snap_image_free(&img);
-		return why_set(why, wl, err, "%s: bad machine description", cfg->state_path);
-	}
+	err = load_image(cfg->state_path, &img, &sd, why, wl);
+	if (err)
+		return err;
+	err = override_disks(&sd, cfg, why, wl);
+	if (err)
+		goto out;
 	vc.mem_size = img.hdr.mem_size;
 	vc.ncpus = (int)img.hdr.ncpus;
 	vc.cpu = backend_by_name(img.hdr.backend);
@@ -229,7 +286,7 @@ int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char
 		vm_destroy(vm);
 out:
 	free(mem_path);
-	snap_desc_clear(&sd);
+	machine_desc_clear(&sd);
 	snap_image_free(&img);
 	return err;
 }

@@ -61,7 +61,7 @@ static int save_devices(struct vm *vm, struct snap_writer *w)
 	return w->err;
 }
 
-static int build_state(struct vm *vm, const struct snap_desc *desc, struct snap_writer *w,
+static int build_state(struct vm *vm, const struct machine_desc *desc, struct snap_writer *w,
 		       const uint8_t id[SNAP_ID_LEN])
 {
 	struct snap_header h = {
@@ -94,7 +94,7 @@ static int build_state(struct vm *vm, const struct snap_desc *desc, struct snap_
 }
 
 /* The VM is paused: write memory first, the state file (which names it by id) last. */
-static int save_paused(struct vm *vm, const struct snap_desc *desc, const char *state_path,
+static int save_paused(struct vm *vm, const struct machine_desc *desc, const char *state_path,
 		       const char *mem_path)
 {
 	struct snap_writer w;
@@ -124,7 +124,7 @@ static int save_paused(struct vm *vm, const struct snap_desc *desc, const char *
 
 int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
 {
-	const struct snap_desc *desc = snap_desc_find(vm);
+	const struct machine_desc *desc = snap_desc_find(vm);
 	uint64_t t0 = now_ns(), t1;
 	int err;
 

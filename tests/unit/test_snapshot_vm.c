@@ -21,6 +21,7 @@
 
 #include "arch/x86/machine.h"
 #include "hw/pci.h"
+#include "state/machine_desc.h"
 #include "state/snapfile.h"
 #include "state/snapshot.h"
 #include "virtio/virtio.h"
@@ -81,7 +82,7 @@ static void build_vm(struct vm *vm, int ncpus)
 {
 	struct vm_config cfg = {.mem_size = MEM_SIZE, .ncpus = ncpus, .cpu = &cpu_backend_emu};
 	struct machine_config mc = {.console_fd = null_fd, .devices_only = true};
-	struct snap_machine_desc desc = {0};
+	struct machine_desc desc = {0};
 
 	assert_int_equal(vm_create(vm, &cfg), 0);
 	assert_int_equal(pci_init(vm), 0);
