@@ -90,5 +90,12 @@ void kvm_vcpu_kick(struct vcpu *vcpu);
 int kvm_get_state(struct vcpu *vcpu, struct cpu_state *st);
 int kvm_set_state(struct vcpu *vcpu, const struct cpu_state *st);
 int kvm_vcpu_init_msrs(struct vcpu *vcpu);
+/* The vCPU's XSAVE area (kv->xsave_size bytes at buf). */
+int kvm_xsave_get(struct kvm_vm_priv *kv, int fd, void *buf);
+
+/* kvm_snap.c: the snapshot hooks of cpu_backend (save_extra, restore_extra, cpu_model). */
+int kvm_snap_save(struct vm *vm, struct dev_buf *out);
+int kvm_snap_restore(struct vm *vm, const void *data, uint64_t len);
+int kvm_snap_cpu_model(struct vm *vm, char *buf, unsigned len);
 
 #endif

@@ -260,7 +260,7 @@ static void fxsave_to_fpu(struct kvm_fpu *f, const uint8_t *fx)
 	memcpy(f->xmm, fx + 160, sizeof(f->xmm));
 }
 
-static int xsave_get(struct kvm_vm_priv *kv, int fd, void *buf)
+int kvm_xsave_get(struct kvm_vm_priv *kv, int fd, void *buf)
 {
 	if (kv->xsave_size > (int)sizeof(struct kvm_xsave))
 		return KVM_IOCTL(fd, KVM_GET_XSAVE2, buf);
@@ -283,7 +283,7 @@ static int fpu_get(struct kvm_vm_priv *kv, int fd, struct cpu_state *st)
 	if (!buf)
 		return -ENOMEM;
 	/* The XSAVE area starts with the FXSAVE image. */
-	rc = xsave_get(kv, fd, buf);
+	rc = kvm_xsave_get(kv, fd, buf);
 	if (rc == 0)
 		memcpy(st->fxsave, buf, FXSAVE_SIZE);
 	free(buf);
@@ -305,7 +305,7 @@ static int fpu_set(struct kvm_vm_priv *kv, int fd, const struct cpu_state *st)
 	buf = calloc(1, (size_t)kv->xsave_size);
 	if (!buf)
 		return -ENOMEM;
-	rc = xsave_get(kv, fd, buf);
+	rc = kvm_xsave_get(kv, fd, buf);
 	if (rc == 0) {
 		memcpy(buf, st->fxsave, FXSAVE_SIZE);
 		memcpy(&bv, buf + FXSAVE_SIZE, sizeof(bv));

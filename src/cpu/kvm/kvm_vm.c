@@ -417,6 +417,9 @@ const struct cpu_backend cpu_backend_kvm = {
     .irq_line = kvm_irq_line,
     .msi = kvm_msi,
     .sync_dirty = kvm_sync_dirty,
+    .save_extra = kvm_snap_save,
+    .restore_extra = kvm_snap_restore,
+    .cpu_model = kvm_snap_cpu_model,
 };
 
 const struct cpu_backend cpu_backend_kvm_noirqchip = {
@@ -432,4 +435,7 @@ const struct cpu_backend cpu_backend_kvm_noirqchip = {
     .irq_line = kvm_irq_line,
     .msi = kvm_msi,
     .sync_dirty = kvm_sync_dirty,
+    .save_extra = kvm_snap_save,
+    .restore_extra = kvm_snap_restore,
+    .cpu_model = kvm_snap_cpu_model,
 };
