@@ -8,6 +8,7 @@ int cmd_img(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_clone(int argc, char **argv);
 int cmd_nbd_serve(int argc, char **argv);
 int cmd_volume(int argc, char **argv);
 int cmd_replicate(int argc, char **argv);

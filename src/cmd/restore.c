@@ -20,6 +20,8 @@
 #include "arch/x86/machine.h"
 #include "cmd/cmd.h"
 #include "hw/serial.h"
+#include "state/identity.h"
+#include "state/machine_desc.h"
 #include "state/snapshot.h"
 #include "util/log.h"
 #include "vmm/vm.h"
@@ -49,6 +51,10 @@ static void restore_usage(FILE *f)
 	       "\n"
 	       "options:\n"
 	       "  --mem PATH     the memory file (default: STATEFILE with .mem for its extension)\n"
+	       "  --clone-index N  start it as clone N (a new VM id; see 'tern clone')\n"
+	       "  --disk PATH    use PATH for the snapshot's next disk (a copy-on-write overlay\n"
+	       "                 of it, or the disk itself for a read-only one); give one\n"
+	       "                 per disk of the snapshot, in order\n"
 	       "  -v, --verbose  more messages (with the time the restore took)\n"
 	       "  -h, --help     this text\n"
 	       "\n"
@@ -266,15 +272,36 @@ static int restore_run(const struct snapshot_restore_cfg *cfg, const struct time
 	return rc;
 }
 
+static int usage(const char *msg, const char *arg)
+{
+	fprintf(stderr, "tern restore: %s '%s'; see 'tern restore --help'\n", msg, arg);
+	return EXIT_USAGE;
+}
+
+static int parse_index(const char *s, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (!*s || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v >= IDENTITY_NOT_A_CLONE)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
 int cmd_restore(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-	    {"mem", required_argument, NULL, 'm'},
-	    {"verbose", no_argument, NULL, 'v'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	    {"mem", required_argument, NULL, 'm'},  {"clone-index", required_argument, NULL, 'c'},
+	    {"disk", required_argument, NULL, 'd'}, {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
 	};
 	struct snapshot_restore_cfg cfg = {.console_fd = STDOUT_FILENO};
+	const char *disks[MACHINE_MAX_DISKS];
 	struct timespec t0;
 	int c, verbose = 0;
 
@@ -285,6 +312,18 @@ int cmd_restore(int argc, char **argv)
 		switch (c) {
 		case 'm':
 			cfg.mem_path = optarg;
+			break;
+		case 'c':
+			if (parse_index(optarg, &cfg.clone_index))
+				return usage("--clone-index: give a number below 4294967295, not",
+					     optarg);
+			cfg.clone = true;
+			break;
+		case 'd':
+			if (cfg.ndisk_paths == MACHINE_MAX_DISKS)
+				return usage("at most 16 disks:", optarg);
+			disks[cfg.ndisk_paths++] = optarg;
+			cfg.disk_paths = disks;
 			break;
 		case 'v':
 			verbose++;

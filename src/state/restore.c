@@ -158,7 +158,6 @@ static int override_disks(struct machine_desc *sd, const struct snapshot_restore
 		free(sd->disks[i].path);
 		sd->disks[i].path = p;
 		sd->disks[i].size = 0;
-		sd->disks[i].readonly = false;
 	}
 	return 0;
 }
@@ -233,13 +232,25 @@ static int load_image(const char *state_path, struct snap_image *img, struct mac
 	return 0;
 }
 
-int snapshot_read_desc(const char *state_path, struct machine_desc *out, char *why, size_t wl)
+int snapshot_read_desc(const char *state_path, const char *mem_path, struct machine_desc *out,
+		       char *why, size_t wl)
 {
 	struct snap_image img;
-	int err = load_image(state_path, &img, out, why, wl);
+	const char *msg = NULL;
+	int err = load_image(state_path, &img, out, why, wl), fd;
 
-	if (!err)
-		snap_image_free(&img);
+	if (err)
+		return err;
+	if (mem_path) {
+		fd = snap_mem_open(mem_path, img.hdr.id, img.hdr.mem_size, &msg);
+		if (fd < 0) {
+			err = why_set(why, wl, fd, "%s: %s", mem_path, msg);
+			machine_desc_clear(out);
+		} else {
+			close(fd);
+		}
+	}
+	snap_image_free(&img);
 	return err;
 }
 

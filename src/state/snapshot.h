@@ -57,11 +57,13 @@ struct snapshot_restore_cfg {
 };
 
 /*
- * Read the machine description of a state file after checking the file
- * whole (as snapshot_restore() does). 0 or -errno with why set; free with
- * machine_desc_clear().
+ * Check a snapshot as snapshot_restore() does before it builds anything
+ * (the state file whole; the memory file's header, id and size unless
+ * mem_path is NULL) and return its machine description. 0 or -errno with
+ * why set; free out with machine_desc_clear().
  */
-int snapshot_read_desc(const char *state_path, struct machine_desc *out, char *why, size_t whylen);
+int snapshot_read_desc(const char *state_path, const char *mem_path, struct machine_desc *out,
+		       char *why, size_t whylen);
 
 /*
  * Build a VM from a snapshot, not started: the caller runs vm_start(). On
