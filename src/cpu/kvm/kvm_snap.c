@@ -87,11 +87,8 @@ static int put_u8s(struct dev_buf *b, const uint8_t *v, unsigned n)
 	return dev_buf_put(b, v, n);
 }
 
-static int save_pic(struct kvm_vm_priv *kv, uint32_t chip_id, struct dev_buf *b)
+static int put_pic(struct dev_buf *b, const struct kvm_pic_state *p)
 {
-	struct kvm_irqchip c = {.chip_id = chip_id};
-	const struct kvm_pic_state *p = &c.chip.pic;
-	int rc = KVM_IOCTL(kv->vm_fd, KVM_GET_IRQCHIP, &c);
 	const uint8_t v[KSNAP_PIC_BYTES] = {
 	    p->last_irr,
 	    p->irr,
@@ -111,7 +108,15 @@ static int save_pic(struct kvm_vm_priv *kv, uint32_t chip_id, struct dev_buf *b)
 	    p->elcr_mask,
 	};
 
-	return rc < 0 ? rc : put_u8s(b, v, sizeof(v));
+	return put_u8s(b, v, sizeof(v));
+}
+
+static int save_pic(struct kvm_vm_priv *kv, uint32_t chip_id, struct dev_buf *b)
+{
+	struct kvm_irqchip c = {.chip_id = chip_id};
+	int rc = KVM_IOCTL(kv->vm_fd, KVM_GET_IRQCHIP, &c);
+
+	return rc < 0 ? rc : put_pic(b, &c.chip.pic);
 }
 
 static int save_ioapic(struct kvm_vm_priv *kv, struct dev_buf *b)
@@ -199,41 +204,34 @@ static int save_vm(struct kvm_vm_priv *kv, int ncpus, struct dev_buf *b)
 	return rc;
 }
 
+static int put_events(struct dev_buf *b, const struct kvm_vcpu_events *ev)
+{
+	const uint8_t exc[4] = {ev->exception.injected, ev->exception.nr,
+				ev->exception.has_error_code, ev->exception.pending};
+	const uint8_t intr_nmi[8] = {
+	    ev->interrupt.injected, ev->interrupt.nr, ev->interrupt.soft, ev->interrupt.shadow,
+	    ev->nmi.injected,	    ev->nmi.pending,  ev->nmi.masked,	  0};
+	const uint8_t smi[4] = {ev->smi.smm, ev->smi.pending, ev->smi.smm_inside_nmi,
+				ev->smi.latched_init};
+	int rc = put_u8s(b, exc, sizeof(exc));
+
+	if (!rc)
+		rc = snap_put_u32(b, ev->exception.error_code);
+	if (!rc)
+		rc = put_u8s(b, intr_nmi, sizeof(intr_nmi));
+	if (!rc)
+		rc = snap_put_u32(b, ev->sipi_vector);
+	if (!rc)
+		rc = put_u8s(b, smi, sizeof(smi));
+	return rc;
+}
+
 static int save_events(int fd, struct dev_buf *b)
 {
 	struct kvm_vcpu_events ev;
 	int rc = KVM_IOCTL(fd, KVM_GET_VCPU_EVENTS, &ev);
-	const uint8_t v[16] = {
-	    ev.exception.injected,
-	    ev.exception.nr,
-	    ev.exception.has_error_code,
-	    ev.exception.pending,
-	    ev.interrupt.injected,
-	    ev.interrupt.nr,
-	    ev.interrupt.soft,
-	    ev.interrupt.shadow,
-	    ev.nmi.injected,
-	    ev.nmi.pending,
-	    ev.nmi.masked,
-	    0,
-	    ev.smi.smm,
-	    ev.smi.pending,
-	    ev.smi.smm_inside_nmi,
-	    ev.smi.latched_init,
-	};
 
-	if (rc < 0)
-		return rc;
-	rc = put_u8s(b, v, 4);
-	if (!rc)
-		rc = snap_put_u32(b, ev.exception.error_code);
-	if (!rc)
-		rc = put_u8s(b, v + 4, 8);
-	if (!rc)
-		rc = snap_put_u32(b, ev.sipi_vector);
-	if (!rc)
-		rc = put_u8s(b, v + 12, 4);
-	return rc;
+	return rc < 0 ? rc : put_events(b, &ev);
 }
 
 static int save_debugregs(int fd, struct dev_buf *b)
@@ -461,10 +459,13 @@ static bool parse_pit(struct snap_rd *r, struct kvm_pit_state2 *ps)
 		c->mode = v[7];
 		c->bcd = v[8];
 		c->gate = v[9];
-		/* Counter modes 0-5, access modes 0-3, read/write states 0-4, as the 8254 has. */
+		/*
+		 * Counter modes 0-5 (0xff: never programmed, as KVM resets it), access
+		 * modes 0-3, read/write states 0-4, as KVM's 8254 has them.
+		 */
 		ok = ok && c->count <= 0x10000 && c->count_latched <= 3 && c->status_latched <= 1 &&
-		     c->read_state <= 4 && c->write_state <= 4 && c->rw_mode <= 3 && c->mode <= 5 &&
-		     c->bcd <= 1 && c->gate <= 1;
+		     c->read_state <= 4 && c->write_state <= 4 && c->rw_mode <= 3 &&
+		     (c->mode <= 5 || c->mode == 0xff) && c->bcd <= 1 && c->gate <= 1;
 	}
 	return ok;
 }
