@@ -321,13 +321,14 @@ emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h);
 
 /* ---- Decoded blocks (decode.c) ---- */
 struct emu_block {
-	uint64_t gpa;  /* guest-physical address of the first instruction */
-	uint64_t page; /* gm page index of gpa */
-	uint32_t gen;  /* emu_vm.code_gen[page] when decoded */
+	uint64_t gpa;	      /* guest-physical address of the first instruction */
+	uint64_t page;	      /* gm page index of gpa */
+	uint32_t gen;	      /* emu_vm.code_gen[page] when decoded */
+	const uint32_t *genp; /* &emu_vm.code_gen[page]: one load to revalidate */
 	uint8_t dmode;
 	uint16_t n;		/* instructions */
 	struct emu_block *next; /* hash chain */
-	/* Successors seen after this block (taken / fall-through), valid for one jc epoch. */
+	/* Successors seen after this block (taken / fall-through), valid while epoch_live(). */
 	struct emu_block *succ[2];
 	uint64_t succ_rip[2];
 	uint64_t succ_epoch[2];
@@ -344,9 +345,35 @@ const struct emu_block *emu_block_get(struct emu_cpu *c);
  * change since (NULL otherwise).
  */
 struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev);
+
+/* A shortcut carrying this epoch still holds (emu_cpu.jc_epoch). */
+static inline bool epoch_live(const struct emu_cpu *c, uint64_t epoch)
+{
+	return epoch == c->jc_epoch || epoch == c->jc_gepoch;
+}
+
+/* A block's code is unchanged since it was decoded. */
+static inline bool block_valid(const struct emu_block *b)
+{
+	return b->gen == __atomic_load_n(b->genp, __ATOMIC_ACQUIRE);
+}
+
+/* emu_block_next() with the remembered-successor hit inline (the run loop's common case). */
+static inline struct emu_block *block_next(struct emu_cpu *c, struct emu_block *prev)
+{
+	if (likely(prev)) {
+		unsigned k = prev->succ_rip[0] == c->rip ? 0 : 1;
+		struct emu_block *b = prev->succ[k];
+
+		if (likely(b && prev->succ_rip[k] == c->rip && epoch_live(c, prev->succ_epoch[k]) &&
+			   block_valid(b)))
+			return b;
+	}
+	return emu_block_next(c, prev);
+}
 enum emu_dmode emu_cur_dmode(const struct emu_cpu *c);
-/* Forget linear-address shortcuts to blocks (with every TLB flush). */
-void emu_bc_jc_flush(struct emu_cpu *c);
+/* Forget linear-address shortcuts to blocks (with every TLB flush): all, or non-global ones. */
+void emu_bc_jc_flush(struct emu_cpu *c, bool include_global);
 /* A write hit a page holding decoded code: invalidate its blocks. */
 void emu_code_written(struct emu_vm *ev, uint64_t page);
 /* Handler for instructions nobody implements: #UD. */

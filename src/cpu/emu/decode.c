@@ -30,8 +30,8 @@ _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < 64 * EMU_UD_LOG_WORDS, "ud_logged bitm
 
 /*
  * Jump cache: linear address -> block, skipping the fetch translation and
- * the hash walk. Valid while the TLB is (a TLB flush bumps the epoch, which
- * retires every entry at once) and while the block's code generation matches.
+ * the hash walk. Valid while the fetch translation is (its epoch, see
+ * emu_cpu.jc_epoch, is live) and while the block's code generation matches.
  */
 struct jc_entry {
 	uint64_t la;
@@ -41,7 +41,6 @@ struct jc_entry {
 };
 
 struct emu_block_cache {
-	uint64_t epoch; /* bumped whenever jc is cleared: successor links die with it */
 	struct jc_entry jc[JC_SIZE];
 	struct emu_block *hash[BC_HASH_SIZE];
 	uint8_t *arena;
@@ -85,6 +84,8 @@ int emu_bc_init(struct emu_cpu *c)
 		}
 	}
 	c->bc = bc;
+	c->jc_epoch = 0;
+	c->jc_gepoch = EMU_JC_GLOBAL;
 	return 0;
 }
 
@@ -400,17 +401,18 @@ static inline unsigned bc_hash(uint64_t gpa, enum emu_dmode dm)
 	return (unsigned)(h >> (64 - BC_HASH_BITS));
 }
 
-void emu_bc_jc_flush(struct emu_cpu *c)
+void emu_bc_jc_flush(struct emu_cpu *c, bool include_global)
 {
-	if (c->bc)
-		c->bc->epoch++;
+	c->jc_epoch++;
+	if (include_global)
+		c->jc_gepoch++;
 }
 
-static void bc_flush(struct emu_block_cache *bc)
+static void bc_flush(struct emu_cpu *c)
 {
-	memset(bc->hash, 0, sizeof(bc->hash));
-	bc->epoch++;
-	bc->used = 0;
+	memset(c->bc->hash, 0, sizeof(c->bc->hash));
+	emu_bc_jc_flush(c, true);
+	c->bc->used = 0;
 }
 
 /* Mark page idx as holding code; the first time, make every vCPU drop write TLB entries. */
@@ -436,12 +438,13 @@ static const struct emu_block *decode_block(struct emu_cpu *c, enum emu_dmode dm
 	bool ends = false;
 
 	if (bc->used + need > BC_ARENA_SIZE)
-		bc_flush(bc);
+		bc_flush(c);
 	mark_code_page(c, idx);
 	b = (struct emu_block *)(bc->arena + bc->used);
 	b->gpa = gpa;
 	b->page = idx;
-	b->gen = __atomic_load_n(&c->vm->code_gen[idx], __ATOMIC_ACQUIRE);
+	b->genp = &c->vm->code_gen[idx];
+	b->gen = __atomic_load_n(b->genp, __ATOMIC_ACQUIRE);
 	b->dmode = (uint8_t)dm;
 	b->n = 0;
 	memset(b->succ, 0, sizeof(b->succ));
@@ -499,7 +502,20 @@ static const struct emu_block *block_lookup(struct emu_cpu *c, enum emu_dmode dm
 	return decode_block(c, dm, la, page, gpa, idx);
 }
 
-const struct emu_block *emu_block_get(struct emu_cpu *c)
+/*
+ * The epoch a shortcut to a block fetched through la depends on: the global
+ * one if la's fetch translation is global (it survives CR3 writes), else the
+ * one every TLB flush retires.
+ */
+static uint64_t fetch_epoch(const struct emu_cpu *c, uint64_t la)
+{
+	const struct emu_tlb_entry *t = &c->tlb_x[(la >> 12) % EMU_TLB_SIZE];
+
+	return t->tag == tlb_tag(c, la) && t->global ? c->jc_gepoch : c->jc_epoch;
+}
+
+/* emu_block_get(), also giving the epoch that a link to the block must carry. */
+static const struct emu_block *block_get(struct emu_cpu *c, uint64_t *epoch)
 {
 	enum emu_dmode dm = emu_cur_dmode(c);
 	struct emu_block_cache *bc = c->bc;
@@ -513,25 +529,35 @@ const struct emu_block *emu_block_get(struct emu_cpu *c)
 	la = c->mode64 ? c->rip : (uint32_t)(c->rip + c->seg[SEG_CS].base);
 	e = jc_slot(bc, la);
 	b = e->b;
-	if (likely(b && e->la == la && e->epoch == bc->epoch && e->dmode == dm && e->user == user &&
-		   b->gen == __atomic_load_n(&c->vm->code_gen[b->page], __ATOMIC_ACQUIRE)))
+	if (likely(b && e->la == la && epoch_live(c, e->epoch) && e->dmode == dm &&
+		   e->user == user && block_valid(b))) {
+		*epoch = e->epoch;
 		return b;
+	}
 	b = block_lookup(c, dm, la);
+	*epoch = fetch_epoch(c, la);
 	if (b != &bc->scratch.b) {
 		e->la = la;
 		e->b = b;
-		e->epoch = bc->epoch;
+		e->epoch = *epoch;
 		e->dmode = (uint8_t)dm;
 		e->user = user;
 	}
 	return b;
 }
 
+const struct emu_block *emu_block_get(struct emu_cpu *c)
+{
+	uint64_t epoch;
+
+	return block_get(c, &epoch);
+}
+
 struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 {
 	struct emu_block_cache *bc = c->bc;
 	struct emu_block *b;
-	uint64_t epoch = bc->epoch;
+	uint64_t gepoch = c->jc_gepoch, epoch;
 	int k;
 
 	if (!prev)
@@ -539,16 +565,15 @@ struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 	k = prev->succ_rip[0] == c->rip ? 0 : prev->succ_rip[1] == c->rip ? 1 : -1;
 	if (k >= 0) {
 		b = prev->succ[k];
-		if (likely(b && prev->succ_epoch[k] == epoch &&
-			   b->gen == __atomic_load_n(&c->vm->code_gen[b->page], __ATOMIC_ACQUIRE)))
+		if (likely(b && epoch_live(c, prev->succ_epoch[k]) && block_valid(b)))
 			return b;
 	}
-	b = (struct emu_block *)emu_block_get(c);
-	/* A cache flush inside emu_block_get() freed prev; the scratch block is never linked. */
-	if (bc->epoch != epoch || b == &bc->scratch.b)
+	b = (struct emu_block *)block_get(c, &epoch);
+	/* A cache flush inside block_get() freed prev; the scratch block is never linked. */
+	if (c->jc_gepoch != gepoch || b == &bc->scratch.b)
 		return b;
 	if (k < 0)
-		k = prev->succ[0] && prev->succ_epoch[0] == epoch ? 1 : 0;
+		k = prev->succ[0] && epoch_live(c, prev->succ_epoch[0]) ? 1 : 0;
 	prev->succ[k] = b;
 	prev->succ_rip[k] = c->rip;
 	prev->succ_epoch[k] = epoch;

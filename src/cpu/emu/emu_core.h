@@ -22,6 +22,7 @@ struct emu_tlb_entry {
 #define EMU_TLB_SIZE 256
 
 struct emu_block_cache; /* decode.c */
+#define EMU_JC_GLOBAL (1ull << 63)
 #define EMU_UD_LOG_WORDS 32
 
 struct emu_cpu {
@@ -57,6 +58,14 @@ struct emu_cpu {
 	uint8_t dmode;	      /* decode mode of the current block (decode.c's enum) */
 	uint32_t event_tick;  /* blocks since emu_check_events() last ran */
 	uint64_t block_page;  /* guest-physical page of the executing block (self-modifying code) */
+	/*
+	 * Linear-address shortcuts to blocks (jump cache, successor links) carry
+	 * the epoch they depend on: jc_epoch, which every TLB flush bumps, or,
+	 * for code fetched through a global translation, jc_gepoch, which only
+	 * global flushes and INVLPG bump, so kernel shortcuts survive CR3 writes.
+	 * jc_gepoch values have EMU_JC_GLOBAL set; the two never collide.
+	 */
+	uint64_t jc_epoch, jc_gepoch;
 
 	struct emu_vm *vm;
 	struct vcpu *vcpu; /* NULL in unit tests */

@@ -950,28 +950,39 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 		if (unlikely(c->icount >= c->insn_limit))
 			return VCPU_EXIT_KICK;
 
-		struct emu_block *b = emu_block_next(c, prev);
+		struct emu_block *b = block_next(c, prev);
 		const struct emu_insn *i = b->insn, *end = b->insn + b->n;
+		uint64_t rip = c->rip;
 
 		c->stop_block = false;
 		c->block_page = b->page;
 		prev = b;
-		/* icount is settled per block; a fault mid-block leaves that block's part
-		 * uncounted. */
-		while (i < end) {
-			uint64_t fall = c->rip + i->len;
+		/*
+		 * RIP stays in a register: a handler that branches (or re-runs a REP
+		 * string step) moves c->next_rip away from the fall-through, which the
+		 * predicted compare below notices. Reloading c->next_rip into the next
+		 * address instead would chain every instruction to the previous one
+		 * through two store-to-load forwards.
+		 */
+		do {
+			uint64_t fall = rip + i->len;
 
+			c->rip = rip;
 			c->next_rip = fall;
 			i->fn(c, i);
-			c->rip = c->next_rip;
 			i++;
-			if (unlikely(c->stop_block)) {
-				prev = NULL;
+			if (unlikely(c->next_rip != fall || c->stop_block)) {
+				/* A taken conditional branch leaves the block here. */
+				rip = c->next_rip;
+				if (c->stop_block)
+					prev = NULL;
 				break;
 			}
-			if (c->rip != fall)
-				break; /* a taken conditional branch leaves the block here */
-		}
+			rip = fall;
+		} while (i < end);
+		c->rip = rip;
+		/* icount is settled per block; a fault mid-block leaves that block's part
+		 * uncounted. */
 		c->icount += (uint64_t)(i - b->insn);
 	}
 }

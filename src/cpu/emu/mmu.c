@@ -380,7 +380,7 @@ void emu_tlb_flush(struct emu_cpu *c, bool include_global)
 		for (unsigned k = 0; k < EMU_TLB_SIZE; k++)
 			if (include_global || !arr[a][k].global)
 				arr[a][k].tag = 0;
-	emu_bc_jc_flush(c);
+	emu_bc_jc_flush(c, include_global);
 }
 
 /* INVLPG drops every entry that came from the mapping covering la, large pages included. */
@@ -397,5 +397,6 @@ void emu_tlb_flush_page(struct emu_cpu *c, uint64_t la)
 				e->tag = 0;
 		}
 	}
-	emu_bc_jc_flush(c);
+	/* The page may have been global: retire every shortcut. */
+	emu_bc_jc_flush(c, true);
 }
