@@ -515,6 +515,58 @@ static void test_bzimage_payload_direct(void **state)
 	free(elf);
 }
 
+/* A payload with a relocation table after the ELF file: the text gets a random virtual base. */
+static void test_bzimage_payload_kaslr(void **state)
+{
+	struct ctx *c = *state;
+	struct boot_info bi;
+	size_t esize, ksize, plen;
+	uint8_t *elf = fake_vmlinux(&esize), *k, *payload, *all;
+	uint64_t v64 = VM_VIRT(VM_TEXT_PA) + 0x40, got;
+	uint32_t relocs[4] = {0, (uint32_t)VM_VIRT(VM_TEXT_PA + 0x100), 0, 0};
+	int moved = 0;
+
+	memcpy(elf + 4096 + 0x100, &v64, 8);
+	all = malloc(esize + sizeof(relocs));
+	payload = malloc(2 * (esize + sizeof(relocs)) + 64);
+	assert_non_null(all);
+	assert_non_null(payload);
+	memcpy(all, elf, esize);
+	memcpy(all + esize, relocs, sizeof(relocs));
+	plen = lz4_legacy(all, esize + sizeof(relocs), payload, 2 * (esize + sizeof(relocs)) + 64);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+		assert_true(bi.direct);
+		assert_int_equal(bi.kaslr_delta % 0x200000, 0);
+		assert_true(VM_DATA_PA + VM_DATA_SZ + VM_BSS_SZ + bi.kaslr_delta <= (1ull << 30));
+		memcpy(&got, gm_ptr(&c->gm, VM_TEXT_PA + 0x100, 8), 8);
+		assert_int_equal(got, v64 + bi.kaslr_delta);
+		moved += bi.kaslr_delta != 0;
+	}
+	assert_true(moved >= 7); /* 0 is one slot of ~500 */
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "nokaslr", 0, &bi), 0);
+	assert_int_equal(bi.kaslr_delta, 0);
+	memcpy(&got, gm_ptr(&c->gm, VM_TEXT_PA + 0x100, 8), 8);
+	assert_int_equal(got, v64);
+	free(k);
+
+	/* A table pointing outside the image: loaded, not randomized. */
+	relocs[1] = 0x1234;
+	memcpy(all + esize, relocs, sizeof(relocs));
+	plen = lz4_legacy(all, esize + sizeof(relocs), payload, 2 * (esize + sizeof(relocs)) + 64);
+	k = bzimage_with_payload(payload, plen, &ksize);
+	assert_int_equal(boot_load_linux(&c->gm, k, ksize, NULL, 0, "", 0, &bi), 0);
+	assert_true(bi.direct);
+	assert_int_equal(bi.kaslr_delta, 0);
+	memcpy(&got, gm_ptr(&c->gm, VM_TEXT_PA + 0x100, 8), 8);
+	assert_int_equal(got, v64);
+	free(k);
+	free(payload);
+	free(all);
+	free(elf);
+}
+
 /* The real default guest kernel, when it has been built. */
 static void test_real_kernel(void **state)
 {
@@ -546,8 +598,10 @@ static void test_real_kernel(void **state)
 	bp = gm_ptr(&c->gm, bi.boot_params, 4096);
 	assert_int_equal(bp[0x210], 0xff);
 	assert_int_equal(bp[0x1e8], 4);
-	/* Debian's payload (LZ4) is decompressed here; the entry is startup_64 inside it. */
+	/* Debian's payload (LZ4) is decompressed here; the entry is startup_64 inside it,
+	 * and its relocation table gives the text a random base (0 is one slot of ~500). */
 	assert_true(bi.direct);
+	assert_int_equal(bi.kaslr_delta % 0x200000, 0);
 	assert_true(bi.entry >= bi.kernel_addr && bi.entry < bi.kernel_addr + bi.kernel_size);
 	free(k);
 }
@@ -563,6 +617,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_vmlinux_elf, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vmlinux_hostile, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bzimage_payload_direct, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bzimage_payload_kaslr, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_real_kernel, setup, teardown),
 	};
 

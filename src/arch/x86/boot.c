@@ -10,7 +10,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
+#include "arch/x86/kaslr.h"
 #include "arch/x86/kpayload.h"
 #include "util/log.h"
 
@@ -262,7 +264,12 @@ struct elf_loader {
 	Elf64_Phdr load[ELF_MAX_LOADS];
 	unsigned nload;
 	uint64_t entry, lo, hi; /* physical entry and extent */
+	uint64_t file_end;	/* end of the ELF file proper; a payload's relocations follow */
+	uint8_t *tail;		/* the bytes after file_end, or NULL */
+	size_t tail_len;
 };
+
+#define ELF_TAIL_MAX (16u << 20) /* relocation tables are a few hundred KiB */
 
 static bool is_elf(const uint8_t *k, size_t ksize)
 {
@@ -316,6 +323,24 @@ static int elf_entry(const Elf64_Ehdr *eh, const Elf64_Phdr *phs, uint64_t lo, u
 	return 0;
 }
 
+/* Where the ELF file itself ends: after its headers, segments and section table. */
+static void elf_find_end(struct elf_loader *l, const Elf64_Ehdr *eh, const Elf64_Phdr *phs)
+{
+	uint64_t end = eh->e_phoff + (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr);
+
+	for (unsigned i = 0; i < eh->e_phnum; i++)
+		if (phs[i].p_offset <= l->size && l->size - phs[i].p_offset >= phs[i].p_filesz &&
+		    phs[i].p_offset + phs[i].p_filesz > end)
+			end = phs[i].p_offset + phs[i].p_filesz;
+	if (eh->e_shoff && eh->e_shoff <= l->size &&
+	    (l->size - eh->e_shoff) / (eh->e_shentsize ? eh->e_shentsize : 1) >= eh->e_shnum &&
+	    eh->e_shoff + (uint64_t)eh->e_shnum * eh->e_shentsize > end)
+		end = eh->e_shoff + (uint64_t)eh->e_shnum * eh->e_shentsize;
+	l->file_end = end;
+	if (end < l->size && l->size - end <= ELF_TAIL_MAX)
+		l->tail = malloc(l->size - end); /* no memory: no randomization, nothing worse */
+}
+
 /* Headers complete: keep the PT_LOAD segments, check them, find the entry. */
 static int elf_parse(struct elf_loader *l)
 {
@@ -347,6 +372,7 @@ static int elf_parse(struct elf_loader *l)
 		pr_err("kernel: the ELF file has nothing to load");
 		return -ENOEXEC;
 	}
+	elf_find_end(l, eh, phs);
 	l->parsed = true;
 	return elf_entry(eh, phs, l->lo, l->hi, &l->entry);
 }
@@ -370,6 +396,21 @@ static int elf_scatter(struct elf_loader *l, uint64_t off, const uint8_t *p, siz
 	return 0;
 }
 
+/* File bytes [off, off + n): into the segments, and past the ELF file into the tail. */
+static int elf_take(struct elf_loader *l, uint64_t off, const uint8_t *p, size_t n)
+{
+	int err = elf_scatter(l, off, p, n);
+
+	if (!err && l->tail && off + n > l->file_end) {
+		uint64_t from = off > l->file_end ? off : l->file_end;
+
+		/* In order and within size: the tail fills from its start. */
+		memcpy(l->tail + (from - l->file_end), p + (from - off), off + n - from);
+		l->tail_len = off + n - l->file_end;
+	}
+	return err;
+}
+
 /* kpayload_sink: the next bytes of the file. */
 static int elf_feed(void *opaque, const uint8_t *p, size_t n)
 {
@@ -391,11 +432,11 @@ static int elf_feed(void *opaque, const uint8_t *p, size_t n)
 			return 0;
 		err = elf_parse(l);
 		if (!err)
-			err = elf_scatter(l, 0, l->head, l->head_len);
+			err = elf_take(l, 0, l->head, l->head_len);
 		if (err)
 			return err;
 	}
-	err = elf_scatter(l, l->off, p, n);
+	err = elf_take(l, l->off, p, n);
 	l->off += n;
 	return err;
 }
@@ -423,6 +464,13 @@ static int elf_finish(struct elf_loader *l, struct boot_info *bi)
 	return 0;
 }
 
+static void elf_loader_free(struct elf_loader *l)
+{
+	if (l)
+		free(l->tail);
+	free(l);
+}
+
 static struct elf_loader *elf_loader_new(struct guest_mem *gm, uint64_t size)
 {
 	struct elf_loader *l = calloc(1, sizeof(*l));
@@ -445,7 +493,7 @@ static int vmlinux_load(struct guest_mem *gm, const uint8_t *k, size_t ksize, st
 	err = elf_feed(l, k, ksize);
 	if (!err)
 		err = elf_finish(l, bi);
-	free(l);
+	elf_loader_free(l);
 	return err;
 }
 
@@ -476,13 +524,48 @@ static void vmlinux_header(uint8_t *hdr, const struct boot_info *bi, struct bzim
 	bz->cmdline_size = 2047;
 }
 
+/* Whether the command line holds param as a word of its own ("nokaslr"). */
+static bool cmdline_has(const char *cmdline, const char *param)
+{
+	size_t n = strlen(param);
+
+	for (const char *p = strstr(cmdline, param); p; p = strstr(p + 1, param))
+		if ((p == cmdline || p[-1] == ' ') && (p[n] == 0 || p[n] == ' '))
+			return true;
+	return false;
+}
+
+/*
+ * Text KASLR as the decompressor would do it: a random virtual base, with the
+ * payload's relocation table applied to the loaded image. Without a usable
+ * table (a plain vmlinux file has none) the kernel runs at its link address.
+ */
+static void payload_kaslr(struct elf_loader *l, const char *cmdline, struct boot_info *bi)
+{
+	uint64_t rnd = 0, delta;
+	int err;
+
+	if (!l->tail || !l->tail_len || cmdline_has(cmdline, "nokaslr"))
+		return;
+	if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+		return;
+	delta = kaslr_pick_delta(l->lo, l->hi, rnd);
+	err = kaslr_relocate(l->gm, l->tail, l->tail_len, l->lo, l->hi, delta);
+	if (err) {
+		pr_warn("kernel: the payload's relocation table is unusable; the kernel text "
+			"is not randomized");
+		return;
+	}
+	bi->kaslr_delta = delta;
+}
+
 /*
  * Decompress the bzImage's payload on the host straight into the vmlinux's
  * segments, so the guest starts in startup_64 instead of running the
  * decompressor. Returns 0 when loaded, 1 when the guest must decompress after
  * all (unknown format, a payload tern cannot read), or -errno.
  */
-static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz,
+static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz, const char *cmdline,
 				struct boot_info *bi)
 {
 	uint32_t off = rd32(bz->k + HDR_PAYLOAD_OFFSET), len = rd32(bz->k + HDR_PAYLOAD_LENGTH);
@@ -504,7 +587,9 @@ static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz,
 	err = kpayload_stream(fmt, p, len, gm->low_size, elf_feed, l);
 	if (!err)
 		err = elf_finish(l, bi);
-	free(l);
+	if (!err)
+		payload_kaslr(l, cmdline, bi);
+	elf_loader_free(l);
 	if (err) {
 		pr_warn("kernel: cannot load the vmlinux in the %s payload (%s); the guest "
 			"decompresses it",
@@ -515,7 +600,8 @@ static int bzimage_load_payload(struct guest_mem *gm, const struct bzimage *bz,
 }
 
 /* A bzImage: its vmlinux directly when tern can unpack it, else the classic entry. */
-static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, struct boot_info *bi)
+static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, const char *cmdline,
+			struct boot_info *bi)
 {
 	uint64_t addr;
 	int err;
@@ -523,7 +609,7 @@ static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, struct b
 	err = bzimage_place(bz, gm, &addr);
 	if (err)
 		return err;
-	err = bzimage_load_payload(gm, bz, bi);
+	err = bzimage_load_payload(gm, bz, cmdline, bi);
 	if (err <= 0) {
 		/* The initrd must also clear the decompressor's working area. */
 		if (!err && bi->kernel_addr + bi->init_size < addr + bz->init_size)
@@ -538,22 +624,10 @@ static int bzimage_load(struct guest_mem *gm, const struct bzimage *bz, struct b
 	return gm_write(gm, addr, bz->k + bz->setup_size, bz->pm_size);
 }
 
-/* Whether the command line holds param as a word of its own ("nokaslr"). */
-static bool cmdline_has(const char *cmdline, const char *param)
-{
-	size_t n = strlen(param);
-
-	for (const char *p = strstr(cmdline, param); p; p = strstr(p + 1, param))
-		if ((p == cmdline || p[-1] == ' ') && (p[n] == 0 || p[n] == ' '))
-			return true;
-	return false;
-}
-
 /*
- * Entered at startup_64, the kernel runs at its link address: the text is
- * not randomized (that needs the decompressor's relocation pass). The
- * kernel itself still randomizes its direct map, vmalloc and vmemmap bases
- * when the loader says KASLR is on, as the decompressor would have.
+ * Entered at startup_64, the kernel randomizes its direct map, vmalloc and
+ * vmemmap bases itself when the loader says KASLR is on, as the decompressor
+ * would (its text was moved by payload_kaslr(), if at all).
  */
 static void direct_kaslr(uint8_t *bp, const char *cmdline)
 {
@@ -579,7 +653,7 @@ int boot_load_linux(struct guest_mem *gm, const void *kernel, size_t ksize, cons
 	} else {
 		err = bzimage_parse(kernel, ksize, &bz);
 		if (!err)
-			err = bzimage_load(gm, &bz, bi);
+			err = bzimage_load(gm, &bz, cmdline, bi);
 		if (err)
 			return err;
 	}

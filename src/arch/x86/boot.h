@@ -58,8 +58,9 @@ struct boot_info {
 	uint64_t boot_params; /* zero page gpa (RSI at entry) */
 	uint64_t cmdline;     /* command line gpa */
 	uint64_t initrd_addr, initrd_size;
-	uint16_t protocol; /* boot protocol version, e.g. 0x020f */
-	bool direct;	   /* entry is the vmlinux's startup_64, not the decompressor */
+	uint16_t protocol;    /* boot protocol version, e.g. 0x020f */
+	bool direct;	      /* entry is the vmlinux's startup_64, not the decompressor */
+	uint64_t kaslr_delta; /* virtual offset tern relocated the kernel text by (direct only) */
 };
 
 /*

@@ -126,11 +126,12 @@ int x86_machine_setup(struct vm *vm, const struct machine_config *cfg)
 		pr_err("cannot set the boot vCPU's registers: %s", strerror(-err));
 		return err;
 	}
-	pr_info("kernel at 0x%llx (protocol %u.%02u), entry 0x%llx (%s), initrd %llu bytes at "
-		"0x%llx",
+	pr_info("kernel at 0x%llx (protocol %u.%02u), entry 0x%llx (%s, text offset 0x%llx), "
+		"initrd %llu bytes at 0x%llx",
 		(unsigned long long)m->boot.kernel_addr, m->boot.protocol >> 8,
 		m->boot.protocol & 0xff, (unsigned long long)m->boot.entry,
 		m->boot.direct ? "startup_64" : "decompressor",
-		(unsigned long long)m->boot.initrd_size, (unsigned long long)m->boot.initrd_addr);
+		(unsigned long long)m->boot.kaslr_delta, (unsigned long long)m->boot.initrd_size,
+		(unsigned long long)m->boot.initrd_addr);
 	return 0;
 }
