@@ -161,6 +161,8 @@ static int save_pit(const struct kvm_pit_state2 *ps, struct dev_buf *b)
 /* The PIT exists only if someone created it (KVM_CREATE_PIT2): ENXIO says it does not. */
 static int pit_get(struct kvm_vm_priv *kv, struct kvm_pit_state2 *ps, bool *present)
 {
+	int err;
+
 	*present = false;
 	memset(ps, 0, sizeof(*ps));
 	if (!kv->irqchip)
@@ -171,8 +173,9 @@ static int pit_get(struct kvm_vm_priv *kv, struct kvm_pit_state2 *ps, bool *pres
 	}
 	if (errno == ENXIO)
 		return 0;
-	pr_err("kvm: KVM_GET_PIT2 failed: %s", strerror(errno));
-	return -errno;
+	err = errno;
+	pr_err("kvm: KVM_GET_PIT2 failed: %s", strerror(err));
+	return -err;
 }
 
 static int save_vm(struct kvm_vm_priv *kv, int ncpus, struct dev_buf *b)
@@ -686,8 +689,9 @@ static int msr_restore_one(int fd, const struct kvm_msr_entry *e)
 	if (rc == 1)
 		return 0;
 	if (rc < 0) {
-		pr_err("kvm: restore: KVM_SET_MSRS %#x: %s", e->index, strerror(errno));
-		return -errno;
+		rc = -errno;
+		pr_err("kvm: restore: KVM_SET_MSRS %#x: %s", e->index, strerror(-rc));
+		return rc;
 	}
 	b.e[0].data = 0;
 	if (ioctl(fd, KVM_GET_MSRS, &b) == 1 && b.e[0].data == e->data)
