@@ -329,7 +329,7 @@ static int msrs_read_all(struct kvm_vm_priv *kv, int fd, struct kvm_msrs **out)
 
 static int save_msrs(struct kvm_vm_priv *kv, int fd, struct dev_buf *b)
 {
-	struct kvm_msrs *m;
+	struct kvm_msrs *m = NULL;
 	int rc = msrs_read_all(kv, fd, &m);
 
 	if (rc)
