@@ -44,6 +44,10 @@ int api_sweep(struct api *api, struct json_object *body, struct json_object **ou
 /* Add the reclaim counters (and the balloon's classification) to GET /vm/stats' "memory". */
 void api_memory_reclaim(struct api *api, struct json_object *mem);
 
+/* Snapshot and clones of the running VM (snap_api.c): PUT /vm/snapshot, PUT /vm/clone. */
+int api_snapshot(struct api *api, struct json_object *body, struct json_object **out);
+int api_clone(struct api *api, struct json_object *body, struct json_object **out);
+
 /* Set *out to {"error": "<message>"} and return status. */
 int api_error(struct json_object **out, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -408,8 +408,8 @@ static int h_version(struct api *api, const struct api_req *req, struct json_obj
 }
 
 /*
- * Snapshot, restore and clone have their endpoints reserved and their request
- * bodies checked, but are not implemented yet: 501, never a pretend success.
+ * Restore into a running VM has its endpoint reserved and its request body
+ * checked, but is not implemented yet: 501, never a pretend success.
  */
 static int not_yet(const struct api_req *req, struct json_object **out, const char *what,
 		   bool needs_path)
@@ -424,7 +424,7 @@ static int not_yet(const struct api_req *req, struct json_object **out, const ch
 
 static int h_snapshot(struct api *api, const struct api_req *req, struct json_object **out)
 {
-	return not_yet(req, out, "snapshot", true);
+	return api_snapshot(api, req->body, out);
 }
 
 static int h_restore(struct api *api, const struct api_req *req, struct json_object **out)
@@ -434,7 +434,7 @@ static int h_restore(struct api *api, const struct api_req *req, struct json_obj
 
 static int h_clone(struct api *api, const struct api_req *req, struct json_object **out)
 {
-	return not_yet(req, out, "clone", false);
+	return api_clone(api, req->body, out);
 }
 
 static const struct api_route routes[] = {

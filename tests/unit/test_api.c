@@ -461,12 +461,16 @@ static void test_bad_requests(void **state)
 		     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]"
 		     "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
 		     400, "bad JSON");
-	/* Snapshot, restore and clone are reserved: 501, not a pretend success. */
-	expect_error(f->sock, "PUT", "/vm/snapshot", "{\"path\": \"/tmp/x\"}", 501,
-		     "not implemented");
+	/* This VM was built without a machine description: it cannot be snapshotted. */
+	expect_error(f->sock, "PUT", "/vm/snapshot", "{\"path\": \"/tmp/x\"}", 409,
+		     "cannot be snapshotted");
 	expect_error(f->sock, "PUT", "/vm/snapshot", NULL, 400, "path");
+	expect_error(f->sock, "PUT", "/vm/snapshot", "{\"state\": 7}", 400, "state");
+	/* Restore into a running VM is reserved: 501, not a pretend success. */
 	expect_error(f->sock, "PUT", "/vm/restore", "{\"path\": \"/tmp/x\"}", 501, NULL);
-	expect_error(f->sock, "PUT", "/vm/clone", NULL, 501, NULL);
+	expect_error(f->sock, "PUT", "/vm/clone", NULL, 400, "dir");
+	expect_error(f->sock, "PUT", "/vm/clone", "{\"dir\": \"/tmp/x\", \"count\": 0}", 400,
+		     "count");
 	/* The VM is untouched by all of that. */
 	assert_true(advances_past(f, post_writes(f)));
 	assert_int_equal(api_call(f->sock, "GET", "/vm", NULL, NULL), 200);
@@ -736,7 +740,7 @@ static void test_ctl(void **state)
 		char *argv[] = {"ctl", f->sock, "snapshot", "/tmp/snap", NULL};
 
 		assert_int_equal(run_ctl(out, sizeof(out), 4, argv), 1);
-		assert_non_null(strstr(out, "HTTP 501"));
+		assert_non_null(strstr(out, "HTTP 409"));
 	}
 	{
 		char *argv[] = {"ctl", f->sock, "request", "PUT", "/vm/pause", "{oops", NULL};
