@@ -229,6 +229,27 @@ static inline void unary(struct emu_cpu *c, const struct emu_insn *i, enum un_op
 		set_lf(c, LF_SUB, sz, r, 0, a);
 }
 
+/* INC/DEC of a general register: CF carried over without a call in the common cases. */
+static inline void incdec_reg(struct emu_cpu *c, const struct emu_insn *i, bool inc)
+{
+	unsigned sz = i->op[0].size, d = i->op[0].reg;
+	uint64_t m = size_mask(sz), cf = cf_fast(c);
+	uint64_t a = c->gpr[d] & m, r = (inc ? a + 1 : a - 1) & m;
+
+	reg_wr(c, d, sz, r);
+	set_lf(c, inc ? LF_INC : LF_DEC, sz, r, a, cf);
+}
+
+static void h_inc_r(struct emu_cpu *c, const struct emu_insn *i)
+{
+	incdec_reg(c, i, true);
+}
+
+static void h_dec_r(struct emu_cpu *c, const struct emu_insn *i)
+{
+	incdec_reg(c, i, false);
+}
+
 static void h_inc(struct emu_cpu *c, const struct emu_insn *i)
 {
 	unary(c, i, U_INC);
@@ -517,6 +538,58 @@ static void shift(struct emu_cpu *c, const struct emu_insn *i, enum sh_op op)
 	rmw_write(c, d, &w, r);
 }
 
+/*
+ * Register destination, immediate count that is not zero after masking
+ * (emu_alu_specialize checks): the common kernel forms, without the operand
+ * and operation dispatch of shift().
+ */
+static inline __attribute__((always_inline)) void shift_ri(struct emu_cpu *c,
+							   const struct emu_insn *i, enum sh_op op)
+{
+	unsigned sz = i->op[0].size, bits = sz * 8, d = i->op[0].reg;
+	unsigned cnt = (unsigned)i->op[1].disp & (sz == 8 ? 63 : 31);
+	uint64_t m = size_mask(sz), sb = sign_bit(sz), a = c->gpr[d] & m, r;
+	bool cf, of;
+
+	switch (op) {
+	case S_SHL:
+		r = (a << cnt) & m;
+		cf = cnt <= bits ? (a >> (bits - cnt)) & 1 : 0;
+		shift_flags(c, sz, r, cf, !!(r & sb) != cf);
+		break;
+	case S_SHR:
+		r = a >> cnt;
+		shift_flags(c, sz, r, (a >> (cnt - 1)) & 1, a & sb);
+		break;
+	case S_SAR: {
+		int64_t sv = sext(a, sz);
+
+		r = (uint64_t)(sv >> cnt) & m;
+		shift_flags(c, sz, r, (sv >> (cnt - 1)) & 1, false);
+		break;
+	}
+	case S_ROL: {
+		unsigned n = cnt % bits;
+
+		r = n ? ((a << n) | (a >> (bits - n))) & m : a;
+		cf = r & 1;
+		of = !!(r & sb) != cf;
+		emu_set_arith(c, FL_CF | FL_OF, (cf ? FL_CF : 0) | (of ? FL_OF : 0));
+		break;
+	}
+	default: {
+		unsigned n = cnt % bits;
+
+		r = n ? ((a >> n) | (a << (bits - n))) & m : a;
+		cf = r & sb;
+		of = !!(r & sb) != !!(r & (sb >> 1));
+		emu_set_arith(c, FL_CF | FL_OF, (cf ? FL_CF : 0) | (of ? FL_OF : 0));
+		break;
+	}
+	}
+	reg_wr(c, d, sz, r);
+}
+
 #define SH_H(name, op)                                                                             \
 	static void h_##name(struct emu_cpu *c, const struct emu_insn *i)                          \
 	{                                                                                          \
@@ -529,6 +602,17 @@ SH_H(rcr, S_RCR)
 SH_H(shl, S_SHL)
 SH_H(shr, S_SHR)
 SH_H(sar, S_SAR)
+
+#define SH_RI_H(name, op)                                                                          \
+	static void h_##name##_ri(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		shift_ri(c, i, op);                                                                \
+	}
+SH_RI_H(rol, S_ROL)
+SH_RI_H(ror, S_ROR)
+SH_RI_H(shl, S_SHL)
+SH_RI_H(shr, S_SHR)
+SH_RI_H(sar, S_SAR)
 
 static void shxd(struct emu_cpu *c, const struct emu_insn *i, bool left)
 {
@@ -921,8 +1005,24 @@ emu_handler emu_alu_specialize(const struct emu_insn *i, emu_handler h)
 	    {h_test, h_test_rr, h_test_ri, h_test_rm},
 	};
 
+	static const struct {
+		emu_handler gen, ri;
+	} sh[] = {
+	    {h_rol, h_rol_ri}, {h_ror, h_ror_ri}, {h_shl, h_shl_ri},
+	    {h_shr, h_shr_ri}, {h_sar, h_sar_ri},
+	};
+
+	if (i->nops == 1 && is_gpr(&i->op[0]) && (h == h_inc || h == h_dec))
+		return h == h_inc ? h_inc_r : h_dec_r;
 	if (i->nops != 2 || !is_gpr(&i->op[0]))
 		return h;
+	/* Count 0 changes no flags: those keep the general path. */
+	if (i->op[1].kind == EMU_OP_IMM &&
+	    ((uint64_t)i->op[1].disp & (i->op[0].size == 8 ? 63 : 31)) != 0) {
+		for (unsigned k = 0; k < sizeof(sh) / sizeof(sh[0]); k++)
+			if (sh[k].gen == h)
+				return sh[k].ri;
+	}
 	for (unsigned k = 0; k < sizeof(v) / sizeof(v[0]); k++) {
 		if (v[k].gen != h)
 			continue;

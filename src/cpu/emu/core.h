@@ -128,6 +128,26 @@ static inline bool cond(const struct emu_cpu *c, unsigned cc)
 
 /* The carry flag alone. */
 bool emu_cf(const struct emu_cpu *c);
+/* emu_cf() with the common producers inline. */
+static inline bool cf_fast(const struct emu_cpu *c)
+{
+	const struct emu_lazyflags *l = &c->lf;
+
+	switch (l->op) {
+	case LF_SUB:
+		return (l->src1 & size_mask(l->size)) < (l->src2 & size_mask(l->size));
+	case LF_LOGIC:
+		return false;
+	case LF_INC:
+	case LF_DEC:
+		return l->src2 & 1;
+	case LF_RAW:
+		return l->res & FL_CF;
+	default:
+		return emu_cf(c);
+	}
+}
+
 /* Replace the arithmetic flags selected by mask with those in v. */
 void emu_set_arith(struct emu_cpu *c, uint64_t mask, uint64_t v);
 
@@ -259,6 +279,32 @@ static inline uint64_t ea_off(const struct emu_cpu *c, const struct emu_operand 
 static inline uint64_t ea_la(const struct emu_cpu *c, const struct emu_operand *o)
 {
 	return seg_la(c, o->seg, ea_off(c, o));
+}
+
+/*
+ * Memory operand forms picked at decode time so the hottest handlers skip
+ * the general address computation: in 64-bit code (address size 8) with
+ * ES/CS/SS/DS, whose bases are ignored, [base + disp] and [rip + disp].
+ */
+enum ea_form { EA_GEN, EA_BD, EA_RIP };
+
+static inline enum ea_form ea_form_of(const struct emu_operand *o)
+{
+	if (o->kind != EMU_OP_MEM || o->asize != 8 || o->seg >= SEG_FS || o->index != EMU_R_NONE)
+		return EA_GEN;
+	if (o->base < 16)
+		return EA_BD;
+	return o->base == EMU_R_RIP ? EA_RIP : EA_GEN;
+}
+
+static inline uint64_t ea_form_la(const struct emu_cpu *c, const struct emu_operand *o,
+				  enum ea_form f)
+{
+	if (f == EA_BD)
+		return c->gpr[o->base] + (uint64_t)o->disp;
+	if (f == EA_RIP)
+		return c->next_rip + (uint64_t)o->disp;
+	return ea_la(c, o);
 }
 
 /* Inline forms of emu_op_read()/emu_op_write() for the core's handlers. */

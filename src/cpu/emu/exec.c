@@ -321,15 +321,34 @@ static void h_mov_ri(struct emu_cpu *c, const struct emu_insn *i)
 	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)i->op[1].disp);
 }
 
-static void h_mov_rm(struct emu_cpu *c, const struct emu_insn *i)
-{
-	reg_wr(c, i->op[0].reg, i->op[0].size, mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size));
-}
-
-static void h_mov_mr(struct emu_cpu *c, const struct emu_insn *i)
-{
-	mem_wr(c, ea_la(c, &i->op[0]), i->op[0].size, c->gpr[i->op[1].reg]);
-}
+/* Loads and stores by addressing form (enum ea_form). */
+#define MOV_MEM_H(sfx, f)                                                                          \
+	static void h_mov_rm##sfx(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		reg_wr(c, i->op[0].reg, i->op[0].size,                                             \
+		       mem_rd(c, ea_form_la(c, &i->op[1], f), i->op[1].size));                     \
+	}                                                                                          \
+	static void h_mov_mr##sfx(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		mem_wr(c, ea_form_la(c, &i->op[0], f), i->op[0].size, c->gpr[i->op[1].reg]);       \
+	}                                                                                          \
+	static void h_mov_mi##sfx(struct emu_cpu *c, const struct emu_insn *i)                     \
+	{                                                                                          \
+		mem_wr(c, ea_form_la(c, &i->op[0], f), i->op[0].size, (uint64_t)i->op[1].disp);    \
+	}                                                                                          \
+	static void h_movzx_rm##sfx(struct emu_cpu *c, const struct emu_insn *i)                   \
+	{                                                                                          \
+		reg_wr(c, i->op[0].reg, i->op[0].size,                                             \
+		       mem_rd(c, ea_form_la(c, &i->op[1], f), i->op[1].size));                     \
+	}                                                                                          \
+	static void h_movsx_rm##sfx(struct emu_cpu *c, const struct emu_insn *i)                   \
+	{                                                                                          \
+		uint64_t v = mem_rd(c, ea_form_la(c, &i->op[1], f), i->op[1].size);                \
+		reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)sext(v, i->op[1].size));          \
+	}
+MOV_MEM_H(, EA_GEN)
+MOV_MEM_H(_bd, EA_BD)
+MOV_MEM_H(_rip, EA_RIP)
 
 static bool is_gpr(const struct emu_operand *o)
 {
@@ -338,6 +357,9 @@ static bool is_gpr(const struct emu_operand *o)
 
 static emu_handler mov_specialize(const struct emu_insn *i)
 {
+	static const emu_handler rm[3] = {h_mov_rm, h_mov_rm_bd, h_mov_rm_rip};
+	static const emu_handler mr[3] = {h_mov_mr, h_mov_mr_bd, h_mov_mr_rip};
+	static const emu_handler mi[3] = {h_mov_mi, h_mov_mi_bd, h_mov_mi_rip};
 	const struct emu_operand *d = &i->op[0], *s = &i->op[1];
 
 	if (is_gpr(d) && is_gpr(s))
@@ -345,9 +367,11 @@ static emu_handler mov_specialize(const struct emu_insn *i)
 	if (is_gpr(d) && s->kind == EMU_OP_IMM)
 		return h_mov_ri;
 	if (is_gpr(d) && s->kind == EMU_OP_MEM)
-		return h_mov_rm;
+		return rm[ea_form_of(s)];
 	if (d->kind == EMU_OP_MEM && is_gpr(s))
-		return h_mov_mr;
+		return mr[ea_form_of(d)];
+	if (d->kind == EMU_OP_MEM && s->kind == EMU_OP_IMM)
+		return mi[ea_form_of(d)];
 	return h_mov;
 }
 
@@ -356,21 +380,9 @@ static void h_movzx_rr(struct emu_cpu *c, const struct emu_insn *i)
 	reg_wr(c, i->op[0].reg, i->op[0].size, c->gpr[i->op[1].reg] & size_mask(i->op[1].size));
 }
 
-static void h_movzx_rm(struct emu_cpu *c, const struct emu_insn *i)
-{
-	reg_wr(c, i->op[0].reg, i->op[0].size, mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size));
-}
-
 static void h_movsx_rr(struct emu_cpu *c, const struct emu_insn *i)
 {
 	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)sext(c->gpr[i->op[1].reg], i->op[1].size));
-}
-
-static void h_movsx_rm(struct emu_cpu *c, const struct emu_insn *i)
-{
-	uint64_t v = mem_rd(c, ea_la(c, &i->op[1]), i->op[1].size);
-
-	reg_wr(c, i->op[0].reg, i->op[0].size, (uint64_t)sext(v, i->op[1].size));
 }
 
 /* 64-bit code pushes and pops 8-byte registers on a flat stack. */
@@ -659,6 +671,29 @@ static void h_ret(struct emu_cpu *c, const struct emu_insn *i)
 	branch_to(c, i, target);
 }
 
+/* 64-bit code forms of the above (emu_int_specialize). */
+static void h_jmp_rel64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	c->next_rip += (uint64_t)i->op[0].disp;
+}
+
+static void h_call_rel64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	uint64_t sp = c->gpr[4] - 8;
+
+	mem_wr(c, sp, 8, c->next_rip);
+	c->gpr[4] = sp;
+	c->next_rip += (uint64_t)i->op[0].disp;
+}
+
+static void h_ret64(struct emu_cpu *c, const struct emu_insn *i)
+{
+	uint64_t target = mem_rd(c, c->gpr[4], 8);
+
+	c->gpr[4] += 8;
+	c->next_rip = target;
+}
+
 #define JCC(n)                                                                                     \
 	static void h_j##n(struct emu_cpu *c, const struct emu_insn *i)                            \
 	{                                                                                          \
@@ -893,6 +928,9 @@ emu_handler emu_ctl_handler(unsigned m)
 /* A faster handler for this particular instruction's operand kinds, or h itself. */
 emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h)
 {
+	static const emu_handler zxm[3] = {h_movzx_rm, h_movzx_rm_bd, h_movzx_rm_rip};
+	static const emu_handler sxm[3] = {h_movsx_rm, h_movsx_rm_bd, h_movsx_rm_rip};
+
 	if (h == h_mov && i->nops == 2)
 		return mov_specialize(i);
 	if ((h == h_movzx || h == h_movsx) && i->nops == 2 && is_gpr(&i->op[0])) {
@@ -901,11 +939,18 @@ emu_handler emu_int_specialize(const struct emu_insn *i, emu_handler h)
 		if (is_gpr(&i->op[1]))
 			return zx ? h_movzx_rr : h_movsx_rr;
 		if (i->op[1].kind == EMU_OP_MEM)
-			return zx ? h_movzx_rm : h_movsx_rm;
+			return (zx ? zxm : sxm)[ea_form_of(&i->op[1])];
 	}
 	/* Only when decoded as 64-bit code: the stack is then flat and 8 bytes wide. */
 	if ((h == h_push || h == h_pop) && i->osize == 8 && i->asize == 8 && is_gpr(&i->op[0]))
 		return h == h_push ? h_push_r64 : h_pop_r64;
+	/* Operand size 8 only exists in 64-bit code: flat 8-byte stack, no target wrap. */
+	if (h == h_call && i->osize == 8 && i->op[0].kind == EMU_OP_REL)
+		return h_call_rel64;
+	if (h == h_ret && i->osize == 8 && i->nops == 0)
+		return h_ret64;
+	if (h == h_jmp && i->osize == 8 && i->op[0].kind == EMU_OP_REL)
+		return h_jmp_rel64;
 	return emu_alu_specialize(i, h);
 }
 
