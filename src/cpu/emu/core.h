@@ -378,6 +378,7 @@ struct emu_block {
 	struct emu_block *succ[2];
 	uint64_t succ_rip[2];
 	uint64_t succ_epoch[2];
+	uint64_t succ_wgen[2]; /* emu_vm.code_wgen when the link was checked */
 	struct emu_insn insn[];
 };
 
@@ -404,6 +405,12 @@ static inline bool block_valid(const struct emu_block *b)
 	return b->gen == __atomic_load_n(b->genp, __ATOMIC_ACQUIRE);
 }
 
+/* No code page was written since wgen was read from emu_vm.code_wgen. */
+static inline bool code_unchanged(const struct emu_cpu *c, uint64_t wgen)
+{
+	return wgen == __atomic_load_n(&c->vm->code_wgen, __ATOMIC_ACQUIRE);
+}
+
 /* emu_block_next() with the remembered-successor hit inline (the run loop's common case). */
 static inline struct emu_block *block_next(struct emu_cpu *c, struct emu_block *prev)
 {
@@ -412,7 +419,7 @@ static inline struct emu_block *block_next(struct emu_cpu *c, struct emu_block *
 		struct emu_block *b = prev->succ[k];
 
 		if (likely(b && prev->succ_rip[k] == c->rip && epoch_live(c, prev->succ_epoch[k]) &&
-			   block_valid(b)))
+			   code_unchanged(c, prev->succ_wgen[k])))
 			return b;
 	}
 	return emu_block_next(c, prev);

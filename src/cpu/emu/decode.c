@@ -37,6 +37,7 @@ struct jc_entry {
 	uint64_t la;
 	const struct emu_block *b;
 	uint64_t epoch;
+	uint64_t wgen; /* emu_vm.code_wgen when b was last found valid */
 	uint8_t dmode, user;
 };
 
@@ -116,6 +117,7 @@ void emu_code_written(struct emu_vm *ev, uint64_t page)
 {
 	__atomic_fetch_and(&ev->code_pages[page / 64], ~(1ull << (page % 64)), __ATOMIC_RELEASE);
 	__atomic_fetch_add(&ev->code_gen[page], 1, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&ev->code_wgen, 1, __ATOMIC_RELEASE);
 }
 
 /* ---- Zydis -> emu_insn ---- */
@@ -530,16 +532,24 @@ static const struct emu_block *block_get(struct emu_cpu *c, uint64_t *epoch)
 	e = jc_slot(bc, la);
 	b = e->b;
 	if (likely(b && e->la == la && epoch_live(c, e->epoch) && e->dmode == dm &&
-		   e->user == user && block_valid(b))) {
-		*epoch = e->epoch;
-		return b;
+		   e->user == user)) {
+		uint64_t wgen = __atomic_load_n(&c->vm->code_wgen, __ATOMIC_ACQUIRE);
+
+		if (likely(e->wgen == wgen || block_valid(b))) {
+			e->wgen = wgen;
+			*epoch = e->epoch;
+			return b;
+		}
 	}
+	uint64_t wgen = __atomic_load_n(&c->vm->code_wgen, __ATOMIC_ACQUIRE);
+
 	b = block_lookup(c, dm, la);
 	*epoch = fetch_epoch(c, la);
 	if (b != &bc->scratch.b) {
 		e->la = la;
 		e->b = b;
 		e->epoch = *epoch;
+		e->wgen = wgen;
 		e->dmode = (uint8_t)dm;
 		e->user = user;
 	}
@@ -558,6 +568,8 @@ struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 	struct emu_block_cache *bc = c->bc;
 	struct emu_block *b;
 	uint64_t gepoch = c->jc_gepoch, epoch;
+	/* Read before any generation is checked: a write after this retires the link. */
+	uint64_t wgen = __atomic_load_n(&c->vm->code_wgen, __ATOMIC_ACQUIRE);
 	int k;
 
 	if (!prev)
@@ -565,8 +577,10 @@ struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 	k = prev->succ_rip[0] == c->rip ? 0 : prev->succ_rip[1] == c->rip ? 1 : -1;
 	if (k >= 0) {
 		b = prev->succ[k];
-		if (likely(b && epoch_live(c, prev->succ_epoch[k]) && block_valid(b)))
+		if (likely(b && epoch_live(c, prev->succ_epoch[k]) && block_valid(b))) {
+			prev->succ_wgen[k] = wgen;
 			return b;
+		}
 	}
 	b = (struct emu_block *)block_get(c, &epoch);
 	/* A cache flush inside block_get() freed prev; the scratch block is never linked. */
@@ -577,5 +591,6 @@ struct emu_block *emu_block_next(struct emu_cpu *c, struct emu_block *prev)
 	prev->succ[k] = b;
 	prev->succ_rip[k] = c->rip;
 	prev->succ_epoch[k] = epoch;
+	prev->succ_wgen[k] = wgen;
 	return b;
 }
