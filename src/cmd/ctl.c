@@ -3,6 +3,7 @@
  * and print the JSON answer. See docs/api.md for the endpoints behind each verb.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,8 +33,8 @@ static const struct verb verbs[] = {
     {"resume", "PUT", "/vm/resume", 0, "run a paused VM again"},
     {"shutdown", "PUT", "/vm/shutdown", 0, "stop the VM (tern run then exits)"},
     {"version", "GET", "/version", 0, "the API version the server speaks"},
-    {"snapshot", "PUT", "/vm/snapshot", 1, "FILE: save the VM (not implemented yet)"},
-    {"clone", "PUT", "/vm/clone", 0, "fork the running VM (not implemented yet)"},
+    {"snapshot", "PUT", "/vm/snapshot", 1, "STATE [MEM]: save the VM (MEM: STATE.mem)"},
+    {"clone", "PUT", "/vm/clone", 1, "DIR [COUNT]: snapshot the VM into DIR, start COUNT clones"},
     {"disks", "GET", "/vm/disks", 0, "the disks, with their live snapshot jobs"},
     {"disk-snapshot", "POST", NULL, 3, "DISK copy|overlay FILE: live snapshot of a disk"},
     {"balloon", NULL, "/vm/balloon", 1, "set MIB | get: balloon target; guest memory statistics"},
@@ -154,11 +155,47 @@ static int balloon_verb(const char *sock, int argc, char **argv, int timeout_s)
 	return send_and_print(sock, "PUT", "/vm/balloon", body, timeout_s);
 }
 
-static int run_verb(const char *sock, const struct verb *v, int argc, char **argv, int timeout_s)
+/*
+ * snapshot STATE [MEM] -> {"state", "mem"}; clone DIR [COUNT] -> {"dir", "count"}.
+ * json-c quotes the paths.
+ */
+static int two_arg_verb(const char *sock, const struct verb *v, int argc, char **argv,
+			int timeout_s)
 {
+	bool clone = !strcmp(v->name, "clone");
 	struct json_object *body;
+	long count = 1;
+	char *end;
 	int rc;
 
+	if (argc < 1 || argc > 2) {
+		fprintf(stderr, "tern ctl: '%s' takes 1 or 2 arguments; see 'tern ctl --help'\n",
+			v->name);
+		return EXIT_USAGE;
+	}
+	if (clone && argc == 2) {
+		errno = 0;
+		count = strtol(argv[1], &end, 10);
+		if (errno || *end || count < 1 || count > 64) {
+			fprintf(stderr, "tern ctl: clone COUNT wants 1..64\n");
+			return EXIT_USAGE;
+		}
+	}
+	body = json_object_new_object();
+	if (!body)
+		return EXIT_FAILED;
+	json_object_object_add(body, clone ? "dir" : "state", json_object_new_string(argv[0]));
+	if (clone)
+		json_object_object_add(body, "count", json_object_new_int((int)count));
+	else if (argc == 2)
+		json_object_object_add(body, "mem", json_object_new_string(argv[1]));
+	rc = send_and_print(sock, v->method, v->path, json_object_to_json_string(body), timeout_s);
+	json_object_put(body);
+	return rc;
+}
+
+static int run_verb(const char *sock, const struct verb *v, int argc, char **argv, int timeout_s)
+{
 	if (!strcmp(v->name, "request")) {
 		if (argc < 2 || argc > 3) {
 			fprintf(stderr, "tern ctl: usage: request METHOD PATH [JSON]\n");
@@ -173,6 +210,8 @@ static int run_verb(const char *sock, const struct verb *v, int argc, char **arg
 	}
 	if (!strcmp(v->name, "balloon"))
 		return balloon_verb(sock, argc, argv, timeout_s);
+	if (!strcmp(v->name, "snapshot") || !strcmp(v->name, "clone"))
+		return two_arg_verb(sock, v, argc, argv, timeout_s);
 	if (argc != v->nargs) {
 		fprintf(stderr, "tern ctl: '%s' takes %d argument(s); see 'tern ctl --help'\n",
 			v->name, v->nargs);
@@ -182,14 +221,7 @@ static int run_verb(const char *sock, const struct verb *v, int argc, char **arg
 		return send_and_print(sock, v->method, v->path, NULL, timeout_s);
 	if (!strcmp(v->name, "disk-snapshot"))
 		return disk_snapshot(sock, argv, timeout_s);
-	/* snapshot FILE: let json-c quote the path. */
-	body = json_object_new_object();
-	if (!body)
-		return EXIT_FAILED;
-	json_object_object_add(body, "path", json_object_new_string(argv[0]));
-	rc = send_and_print(sock, v->method, v->path, json_object_to_json_string(body), timeout_s);
-	json_object_put(body);
-	return rc;
+	return EXIT_USAGE;
 }
 
 int cmd_ctl(int argc, char **argv)

@@ -749,6 +749,14 @@ static void test_ctl(void **state)
 		assert_non_null(strstr(out, "HTTP 400: bad JSON"));
 	}
 	{
+		/* clone needs a directory, and a count of 1..64 */
+		char *argv[] = {"ctl", f->sock, "clone", NULL};
+		char *argv0[] = {"ctl", f->sock, "clone", "/tmp/clones", "0", NULL};
+
+		assert_int_equal(run_ctl(out, sizeof(out), 3, argv), 2);
+		assert_int_equal(run_ctl(out, sizeof(out), 5, argv0), 2);
+	}
+	{
 		char *argv[] = {"ctl", f->sock, "frobnicate", NULL};
 
 		assert_int_equal(run_ctl(out, sizeof(out), 3, argv), 2);
