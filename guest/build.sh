@@ -3,7 +3,8 @@
 #   guest/out/vmlinuz  Debian's cloud kernel (unsigned image of the package
 #                      linux-image-cloud-amd64 depends on)
 #   guest/out/initrd   newc cpio: busybox-static, the virtio modules in load
-#                      order, /init (guest/init), tern-exit and tern-spin
+#                      order, /init (guest/init), tern-exit, tern-session
+#                      and tern-spin
 # Downloaded .debs stay in guest/cache/, so a rebuild needs no network.
 # Quiet and quick when guest/out is already newer than every input.
 #
@@ -223,6 +224,7 @@ build() {
 	done
 	install -m 0755 "$here/init" "$root/init"
 	build_helper tern-exit "$root/bin"
+	build_helper tern-session "$root/bin"
 	build_helper tern-spin "$root/bin"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"

@@ -1,6 +1,6 @@
 /*
  * A few lines of runtime for tern's freestanding guest helpers (tern-exit,
- * tern-spin): raw x86-64 Linux syscalls and a _start that calls
+ * tern-session, tern-spin): raw x86-64 Linux syscalls and a _start that calls
  * guest_main(argc, argv). No libc, so building the guest needs only a C
  * compiler, not a static C library. Guest-side only; never linked into tern.
  */
@@ -8,8 +8,19 @@
 #define TERN_GUEST_RT_H
 
 #define SYS_WRITE 1
-#define SYS_IOPERM 173
+#define SYS_RT_SIGACTION 13
+#define SYS_IOCTL 16
+#define SYS_FORK 57
+#define SYS_EXECVE 59
 #define SYS_EXIT 60
+#define SYS_WAIT4 61
+#define SYS_IOPERM 173
+
+#define EINTR 4
+#define ENOEXEC 8
+#define EACCES 13
+
+#define TCSBRK 0x5409 /* with a non-zero argument: tcdrain() */
 
 static inline long syscall3(long nr, long a, long b, long c)
 {
@@ -20,6 +31,31 @@ static inline long syscall3(long nr, long a, long b, long c)
 			 : "a"(nr), "D"(a), "S"(b), "d"(c)
 			 : "rcx", "r11", "memory");
 	return ret;
+}
+
+static inline long syscall4(long nr, long a, long b, long c, long d)
+{
+	register long r10 __asm__("r10") = d;
+	long ret;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+/*
+ * tcdrain(): wait until the terminal on fd has transmitted everything
+ * written to it (the serial driver's buffer is empty and LSR says the
+ * transmitter is idle). Not a terminal: returns at once.
+ */
+static inline void tty_drain(int fd)
+{
+	/* Bounded: a signal that keeps interrupting must not hold the exit forever. */
+	for (int tries = 0; tries < 16; tries++)
+		if (syscall3(SYS_IOCTL, fd, TCSBRK, 1) != -EINTR)
+			break;
 }
 
 static inline unsigned long str_len(const char *s)

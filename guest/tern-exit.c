@@ -27,6 +27,15 @@ int guest_main(long argc, char **argv)
 		put_fd(2, "tern-exit: ioperm failed (not root?)\n");
 		return 1;
 	}
+	/*
+	 * The VM stops the moment the byte arrives: first let the console
+	 * send what /init itself wrote (its "tern-init:" lines), which may
+	 * still wait in the serial driver for a THRE interrupt. The command's
+	 * own output cannot be drained from here: it was drained, or thrown
+	 * away, when the command's session ended (see tern-session.c).
+	 */
+	tty_drain(1);
+	tty_drain(2);
 	__asm__ volatile("outb %b0, %w1"
 			 :
 			 : "a"((unsigned char)status), "Nd"((unsigned short)TERN_EXIT_PORT));
