@@ -84,7 +84,7 @@ if [ -z "$e1" ] || [ -z "$e2" ] || [ "$e2" -le "$e1" ]; then
 fi
 ok "exits_total $e1 -> $e2"
 
-check "errors: 404, 405, 400, 413, 501 with JSON bodies"
+check "errors: 404, 405, 400, 413, 501, unwritable snapshot path, with JSON bodies"
 api GET /nope >/dev/null
 [ "$(status)" = 404 ] || fail "unknown endpoint answered $(status)"
 api DELETE /vm >/dev/null
@@ -94,8 +94,12 @@ api PUT /vm/pause '{"oops":' | grep -q '"error"' || fail "bad JSON: no error bod
 head -c 200000 /dev/zero | tr '\0' ' ' >"$E2E_TMP/big"
 api PUT /vm/pause "@$E2E_TMP/big" >/dev/null
 [ "$(status)" = 413 ] || fail "a 200 kB body answered $(status)"
-api PUT /vm/snapshot '{"path":"x"}' >/dev/null
-[ "$(status)" = 501 ] || fail "snapshot answered $(status)"
+api PUT /vm/restore '{"path":"x"}' >/dev/null
+[ "$(status)" = 501 ] || fail "restore (a new process's job) answered $(status)"
+api PUT /vm/snapshot '{"state":"/nonexistent-dir/s.state"}' | grep -q '"error"' ||
+	fail "snapshot to an unwritable path: no error body"
+[ "$(status)" = 400 ] || fail "snapshot to an unwritable path answered $(status)"
+[ ! -e /nonexistent-dir ] || fail "the failed snapshot left something behind"
 n=$(ticks)
 sleep 0.5
 [ "$(ticks)" -gt "$n" ] || fail "the guest stopped ticking after the error requests"
