@@ -373,7 +373,8 @@ struct emu_block {
 	const uint32_t *genp; /* &emu_vm.code_gen[page]: one load to revalidate */
 	uint8_t dmode;
 	uint16_t n;		/* instructions */
-	struct emu_block *next; /* hash chain */
+	uint16_t cap;		/* instructions the block's memory holds */
+	struct emu_block *next; /* hash chain, or pending/free list */
 	/* Successors seen after this block (taken / fall-through), valid while epoch_live(). */
 	struct emu_block *succ[2];
 	uint64_t succ_rip[2];

@@ -6,7 +6,7 @@
  * one decode mode; it ends at an unconditional branch, call or return (a
  * taken conditional branch leaves it early), at an instruction the system part
  * handles (it may change modes), at #UD, or at the page end. Blocks live in a
- * per-vCPU arena, found through a hash on (gpa, mode), and stay valid while
+ * per-vCPU cache, found through a hash on (gpa, mode), and stay valid while
  * their page's emu_vm.code_gen is unchanged. An instruction that crosses a
  * page boundary is decoded on every execution, never cached: the next page's
  * mapping may differ between address spaces.
@@ -19,9 +19,15 @@
 #include "cpu/emu/core.h"
 #include "util/log.h"
 
-#define BC_HASH_BITS 16
-#define BC_HASH_SIZE (1u << BC_HASH_BITS)
-#define BC_ARENA_SIZE (32ull << 20)
+/*
+ * Blocks are carved from chunks mapped on demand (a clone that runs little
+ * code stays small), stale blocks are reused, and the whole cache is dropped
+ * once BC_MAX_BYTES of chunks are full of live code.
+ */
+#define BC_CHUNK_SIZE (256u << 10)
+#define BC_MAX_BYTES (32ull << 20)
+#define BC_HASH_MIN_BITS 10
+#define BC_HASH_MAX_BITS 16
 #define BLOCK_MAX_INSNS 64
 #define JC_SIZE 8192 /* linear-address jump cache entries */
 
@@ -41,18 +47,57 @@ struct jc_entry {
 	uint8_t dmode, user;
 };
 
+struct bc_chunk {
+	struct bc_chunk *next;
+	size_t used;
+	uint8_t data[] __attribute__((aligned(16)));
+};
+
 struct emu_block_cache {
 	struct jc_entry jc[JC_SIZE];
-	struct emu_block *hash[BC_HASH_SIZE];
-	uint8_t *arena;
-	size_t used;
+	struct emu_block **hash;
+	unsigned hash_bits;
+	size_t nblocks;		       /* blocks in the hash */
+	struct bc_chunk *chunks, *cur; /* all chunks; the one blocks are carved from */
+	size_t chunk_bytes;	       /* mapped for chunks */
+	/* Unlinked stale blocks: reusable once no shortcut can reach them. */
+	struct emu_block *pending;
+	struct emu_block *free[BLOCK_MAX_INSNS + 1]; /* reusable, by capacity */
+	uint64_t swept_wgen; /* emu_vm.code_wgen at the last sweep for stale blocks */
 	ZydisDecoder dec[DM_COUNT];
 	/* One uncached block for an instruction that crosses a page boundary. */
 	union {
 		struct emu_block b;
 		uint8_t bytes[sizeof(struct emu_block) + sizeof(struct emu_insn)];
 	} scratch;
+	/* A block being decoded, copied into the cache at its final size. */
+	union {
+		struct emu_block b;
+		uint8_t bytes[sizeof(struct emu_block) + BLOCK_MAX_INSNS * sizeof(struct emu_insn)];
+	} tmp;
 };
+
+static struct bc_chunk *chunk_new(void)
+{
+	struct bc_chunk *ch = mmap(NULL, BC_CHUNK_SIZE, PROT_READ | PROT_WRITE,
+				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (ch == MAP_FAILED)
+		return NULL;
+	ch->next = NULL;
+	ch->used = 0;
+	return ch;
+}
+
+static void chunks_free(struct bc_chunk *ch)
+{
+	while (ch) {
+		struct bc_chunk *next = ch->next;
+
+		munmap(ch, BC_CHUNK_SIZE);
+		ch = next;
+	}
+}
 
 int emu_bc_init(struct emu_cpu *c)
 {
@@ -68,33 +113,39 @@ int emu_bc_init(struct emu_cpu *c)
 	    [DM_REAL] = {ZYDIS_MACHINE_MODE_REAL_16, ZYDIS_STACK_WIDTH_16},
 	};
 	struct emu_block_cache *bc = calloc(1, sizeof(*bc));
+	int err = -ENOMEM;
 
 	if (!bc)
 		return -ENOMEM;
-	bc->arena = mmap(NULL, BC_ARENA_SIZE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (bc->arena == MAP_FAILED) {
-		free(bc);
-		return -ENOMEM;
-	}
+	bc->hash_bits = BC_HASH_MIN_BITS;
+	bc->hash = calloc(1u << bc->hash_bits, sizeof(*bc->hash));
+	bc->chunks = bc->cur = chunk_new();
+	if (!bc->hash || !bc->chunks)
+		goto fail;
+	bc->chunk_bytes = BC_CHUNK_SIZE;
 	for (int m = 0; m < DM_COUNT; m++) {
 		if (ZYAN_FAILED(ZydisDecoderInit(&bc->dec[m], modes[m].mode, modes[m].sw))) {
-			munmap(bc->arena, BC_ARENA_SIZE);
-			free(bc);
-			return -EINVAL;
+			err = -EINVAL;
+			goto fail;
 		}
 	}
 	c->bc = bc;
 	c->jc_epoch = 0;
 	c->jc_gepoch = EMU_JC_GLOBAL;
 	return 0;
+fail:
+	chunks_free(bc->chunks);
+	free(bc->hash);
+	free(bc);
+	return err;
 }
 
 void emu_bc_destroy(struct emu_cpu *c)
 {
 	if (!c->bc)
 		return;
-	munmap(c->bc->arena, BC_ARENA_SIZE);
+	chunks_free(c->bc->chunks);
+	free(c->bc->hash);
 	free(c->bc);
 	c->bc = NULL;
 }
@@ -207,8 +258,7 @@ static void conv_operand(const ZydisDecodedInstruction *zi, const ZydisDecodedOp
 		break;
 	case ZYDIS_OPERAND_TYPE_POINTER:
 		o->kind = EMU_OP_PTR;
-		o->sel = zo->ptr.segment;
-		o->disp = zo->ptr.offset;
+		o->disp = (int64_t)((uint64_t)zo->ptr.segment << 32 | zo->ptr.offset);
 		break;
 	default:
 		break;
@@ -396,11 +446,11 @@ static const struct emu_block *decode_crossing(struct emu_cpu *c, enum emu_dmode
 	return b;
 }
 
-static inline unsigned bc_hash(uint64_t gpa, enum emu_dmode dm)
+static inline unsigned bc_hash(const struct emu_block_cache *bc, uint64_t gpa, enum emu_dmode dm)
 {
 	uint64_t h = (gpa ^ ((uint64_t)dm << 56)) * 0x9E3779B97F4A7C15ull;
 
-	return (unsigned)(h >> (64 - BC_HASH_BITS));
+	return (unsigned)(h >> (64 - bc->hash_bits));
 }
 
 void emu_bc_jc_flush(struct emu_cpu *c, bool include_global)
@@ -410,11 +460,152 @@ void emu_bc_jc_flush(struct emu_cpu *c, bool include_global)
 		c->jc_gepoch++;
 }
 
+static size_t block_bytes(unsigned n)
+{
+	return (sizeof(struct emu_block) + n * sizeof(struct emu_insn) + 15) & ~(size_t)15;
+}
+
+/* Drop every block; keep one chunk to start over in. */
 static void bc_flush(struct emu_cpu *c)
 {
-	memset(c->bc->hash, 0, sizeof(c->bc->hash));
+	struct emu_block_cache *bc = c->bc;
+
+	memset(bc->hash, 0, sizeof(*bc->hash) << bc->hash_bits);
+	bc->nblocks = 0;
+	memset(bc->free, 0, sizeof(bc->free));
+	bc->pending = NULL;
 	emu_bc_jc_flush(c, true);
-	c->bc->used = 0;
+	chunks_free(bc->chunks->next);
+	bc->chunks->next = NULL;
+	bc->chunks->used = 0;
+	bc->cur = bc->chunks;
+	bc->chunk_bytes = BC_CHUNK_SIZE;
+}
+
+/* Quadruple the hash when chains grow past two blocks on average (failure: keep it). */
+static void hash_grow(struct emu_block_cache *bc)
+{
+	unsigned bits = bc->hash_bits + 2, old = 1u << bc->hash_bits;
+	struct emu_block **nh = calloc(1u << bits, sizeof(*nh));
+
+	if (!nh)
+		return;
+	bc->hash_bits = bits;
+	for (unsigned k = 0; k < old; k++) {
+		struct emu_block *b = bc->hash[k], *next;
+
+		for (; b; b = next) {
+			unsigned h = bc_hash(bc, b->gpa, b->dmode);
+
+			next = b->next;
+			b->next = nh[h];
+			nh[h] = b;
+		}
+	}
+	free(bc->hash);
+	bc->hash = nh;
+}
+
+/* Move blocks whose code changed from the hash to the pending list. */
+static void sweep_stale(struct emu_block_cache *bc)
+{
+	for (unsigned k = 0; k < 1u << bc->hash_bits; k++) {
+		struct emu_block **pp = &bc->hash[k];
+
+		for (struct emu_block *b = *pp; b; b = *pp) {
+			if (block_valid(b)) {
+				pp = &b->next;
+				continue;
+			}
+			*pp = b->next;
+			b->next = bc->pending;
+			bc->pending = b;
+			bc->nblocks--;
+		}
+	}
+}
+
+/*
+ * Make pending blocks reusable. Jump-cache entries and successor links may
+ * still point at them: retiring every epoch kills those shortcuts first.
+ */
+static bool reclaim_pending(struct emu_cpu *c)
+{
+	struct emu_block_cache *bc = c->bc;
+	struct emu_block *b = bc->pending, *next;
+
+	if (!b)
+		return false;
+	emu_bc_jc_flush(c, true);
+	for (; b; b = next) {
+		next = b->next;
+		b->next = bc->free[b->cap];
+		bc->free[b->cap] = b;
+	}
+	bc->pending = NULL;
+	return true;
+}
+
+/* A free block holding n instructions without wasting more than half of it. */
+static struct emu_block *take_free(struct emu_block_cache *bc, unsigned n)
+{
+	unsigned lim = n * 2 < BLOCK_MAX_INSNS ? n * 2 : BLOCK_MAX_INSNS;
+
+	for (unsigned k = n; k <= lim; k++) {
+		struct emu_block *b = bc->free[k];
+
+		if (b) {
+			bc->free[k] = b->next;
+			return b;
+		}
+	}
+	return NULL;
+}
+
+static struct emu_block *carve(struct emu_block_cache *bc, unsigned n)
+{
+	size_t sz = block_bytes(n);
+	struct emu_block *b;
+
+	if (bc->cur->used + sz > BC_CHUNK_SIZE - sizeof(struct bc_chunk))
+		return NULL;
+	b = (struct emu_block *)(bc->cur->data + bc->cur->used);
+	bc->cur->used += sz;
+	b->cap = (uint16_t)n;
+	return b;
+}
+
+/*
+ * Memory for a block of n instructions: a reused stale block, the current
+ * chunk, reclaimed stale blocks, a new chunk, or (at the limit) an emptied
+ * cache. Anything but the first two retires every shortcut.
+ */
+static struct emu_block *block_alloc(struct emu_cpu *c, unsigned n)
+{
+	struct emu_block_cache *bc = c->bc;
+	uint64_t wgen = __atomic_load_n(&c->vm->code_wgen, __ATOMIC_ACQUIRE);
+	struct emu_block *b = take_free(bc, n);
+
+	if (b || (b = carve(bc, n)))
+		return b;
+	if (wgen != bc->swept_wgen) {
+		bc->swept_wgen = wgen;
+		sweep_stale(bc);
+	}
+	if (reclaim_pending(c) && (b = take_free(bc, n)))
+		return b;
+	if (bc->chunk_bytes + BC_CHUNK_SIZE <= BC_MAX_BYTES) {
+		struct bc_chunk *ch = chunk_new();
+
+		if (ch) {
+			ch->next = bc->chunks;
+			bc->chunks = bc->cur = ch;
+			bc->chunk_bytes += BC_CHUNK_SIZE;
+			return carve(bc, n);
+		}
+	}
+	bc_flush(c);
+	return carve(bc, n);
 }
 
 /* Mark page idx as holding code; the first time, make every vCPU drop write TLB entries. */
@@ -434,38 +625,39 @@ static const struct emu_block *decode_block(struct emu_cpu *c, enum emu_dmode dm
 					    const uint8_t *page, uint64_t gpa, uint64_t idx)
 {
 	struct emu_block_cache *bc = c->bc;
-	size_t need = sizeof(struct emu_block) + BLOCK_MAX_INSNS * sizeof(struct emu_insn);
 	unsigned off = (unsigned)(la & EMU_PAGE_MASK);
-	struct emu_block *b;
+	struct emu_block *t = &bc->tmp.b, *b;
 	bool ends = false;
 
-	if (bc->used + need > BC_ARENA_SIZE)
-		bc_flush(c);
+	t->n = 0;
+	while (!ends && off < 4096 && t->n < BLOCK_MAX_INSNS) {
+		struct emu_insn *i = &t->insn[t->n];
+
+		if (decode_one(c, dm, page + off, 4096 - off, i, &ends) == -EAGAIN)
+			break;
+		t->n++;
+		off += i->len;
+	}
+	if (t->n == 0)
+		return decode_crossing(c, dm, la, page, idx);
+	/* May empty the cache (and retire every shortcut) to make room. */
+	b = block_alloc(c, t->n);
 	mark_code_page(c, idx);
-	b = (struct emu_block *)(bc->arena + bc->used);
 	b->gpa = gpa;
 	b->page = idx;
 	b->genp = &c->vm->code_gen[idx];
 	b->gen = __atomic_load_n(b->genp, __ATOMIC_ACQUIRE);
 	b->dmode = (uint8_t)dm;
-	b->n = 0;
+	b->n = t->n;
 	memset(b->succ, 0, sizeof(b->succ));
-	while (!ends && off < 4096 && b->n < BLOCK_MAX_INSNS) {
-		struct emu_insn *i = &b->insn[b->n];
-
-		if (decode_one(c, dm, page + off, 4096 - off, i, &ends) == -EAGAIN)
-			break;
-		b->n++;
-		off += i->len;
-	}
-	if (b->n == 0)
-		return decode_crossing(c, dm, la, page, idx);
-	bc->used += sizeof(struct emu_block) + b->n * sizeof(struct emu_insn);
-	bc->used = (bc->used + 15) & ~(size_t)15;
-	unsigned h = bc_hash(gpa, dm);
+	memcpy(b->insn, t->insn, t->n * sizeof(struct emu_insn));
+	if (bc->nblocks >= 2u << bc->hash_bits && bc->hash_bits < BC_HASH_MAX_BITS)
+		hash_grow(bc);
+	unsigned h = bc_hash(bc, gpa, dm);
 
 	b->next = bc->hash[h];
 	bc->hash[h] = b;
+	bc->nblocks++;
 	return b;
 }
 
@@ -489,14 +681,19 @@ static const struct emu_block *block_lookup(struct emu_cpu *c, enum emu_dmode dm
 	gpa = gpa_page | (la & EMU_PAGE_MASK);
 	idx = (uint64_t)(page - ev->gm->hva) >> GM_PAGE_SHIFT;
 
-	struct emu_block **pp = &c->bc->hash[bc_hash(gpa, dm)];
+	struct emu_block_cache *bc = c->bc;
+	struct emu_block **pp = &bc->hash[bc_hash(bc, gpa, dm)];
 	uint32_t gen = __atomic_load_n(&ev->code_gen[idx], __ATOMIC_ACQUIRE);
 
 	for (struct emu_block *b = *pp; b; b = *pp) {
 		if (b->gpa == gpa && b->dmode == dm) {
 			if (b->gen == gen)
 				return b;
-			*pp = b->next; /* stale: unlink, the arena space is reclaimed at flush */
+			/* Stale: unlink; its memory is reused once no shortcut reaches it. */
+			*pp = b->next;
+			b->next = bc->pending;
+			bc->pending = b;
+			bc->nblocks--;
 			continue;
 		}
 		pp = &b->next;

@@ -54,7 +54,7 @@ enum emu_opkind {
 	EMU_OP_MEM, /* [seg: base + index*scale + disp] */
 	EMU_OP_IMM, /* value in .disp, sign- or zero-extended as the ISA says */
 	EMU_OP_REL, /* relative branch target: next_rip + .disp */
-	EMU_OP_PTR, /* far pointer immediate: selector in .reg16, offset in .disp */
+	EMU_OP_PTR, /* far pointer immediate: offset in .disp bits 0-31, selector in 32-47 */
 };
 
 struct emu_operand {
@@ -66,9 +66,10 @@ struct emu_operand {
 	uint8_t scale; /* EMU_OP_MEM: 1, 2, 4, 8 */
 	uint8_t seg;   /* EMU_OP_MEM: enum emu_seg after overrides */
 	uint8_t asize; /* EMU_OP_MEM: address size in bytes (2, 4, 8) */
-	uint16_t sel;  /* EMU_OP_PTR: selector */
 	int64_t disp;  /* displacement, immediate or relative offset */
 };
+/* 16 bytes: every cached instruction holds four of these. */
+_Static_assert(sizeof(struct emu_operand) == 16, "emu_operand grew");
 
 /* Prefix bits in struct emu_insn.pfx. */
 enum {

@@ -492,7 +492,7 @@ static void far_operand(struct emu_cpu *c, const struct emu_insn *i, uint16_t *s
 	const struct emu_operand *o = &i->op[0];
 
 	if (o->kind == EMU_OP_PTR) {
-		*sel = o->sel;
+		*sel = (uint16_t)((uint64_t)o->disp >> 32);
 		*off = (uint64_t)o->disp & (i->osize == 2 ? 0xffff : 0xffffffffull);
 		return;
 	}
