@@ -225,6 +225,7 @@ build() {
 	install -m 0755 "$here/init" "$root/init"
 	build_helper tern-exit "$root/bin"
 	build_helper tern-session "$root/bin"
+	build_helper tern-reseed "$root/bin"
 	build_helper tern-spin "$root/bin"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"

@@ -39,6 +39,7 @@ g() { od -An -tx1 -j $(($C + 8)) -N 16 $I | tr -d " \n"; }
 G0=$(g); i=0
 while [ "$(g)" = "$G0" ]; do i=$((i + 1)); echo TICK=$i; sleep 0.2; done
 echo "IDX=$(od -An -tu4 -j $(($C + 4)) -N 4 $I | tr -d " ")"
+sleep 0.5 # init'"'"'s tern-reseed notices a new generation within 0.2 s and reseeds
 echo "RAND=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
 exit 0'
 
