@@ -399,7 +399,12 @@ static int decode_one(struct emu_cpu *c, enum emu_dmode dm, const uint8_t *bytes
 	}
 	if (zi.attributes & ZYDIS_ATTRIB_HAS_OPERANDSIZE)
 		i->pfx |= EMU_PFX_OSIZE;
-	i->nops = zi.operand_count_visible > 4 ? 4 : zi.operand_count_visible;
+	if (zi.operand_count_visible > EMU_MAX_OPS) {
+		i->fn = emu_h_ud;
+		*ends = true;
+		return 0;
+	}
+	i->nops = zi.operand_count_visible;
 	for (unsigned k = 0; k < i->nops; k++)
 		conv_operand(&zi, &zo[k], &i->op[k]);
 	i->fn = resolve(c, &zi, zo, i, ends);

@@ -90,6 +90,9 @@ enum {
 
 typedef void (*emu_handler)(struct emu_cpu *c, const struct emu_insn *i);
 
+/* Legacy and SSE encodings have at most three visible operands; more (VEX, XOP) decode as #UD. */
+#define EMU_MAX_OPS 3
+
 struct emu_insn {
 	emu_handler fn;
 	uint16_t mnemonic; /* ZydisMnemonic */
@@ -99,7 +102,7 @@ struct emu_insn {
 	uint8_t asize; /* address size, bytes */
 	uint8_t pfx;   /* EMU_PFX_* */
 	uint8_t seg;   /* effective data segment for implicit memory operands (string ops) */
-	struct emu_operand op[4];
+	struct emu_operand op[EMU_MAX_OPS];
 };
 
 /*
