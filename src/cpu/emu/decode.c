@@ -22,10 +22,12 @@
 /*
  * Blocks are carved from chunks mapped on demand (a clone that runs little
  * code stays small), stale blocks are reused, and the whole cache is dropped
- * once BC_MAX_BYTES of chunks are full of live code.
+ * once BC_MAX_BYTES of chunks are full of live code. A 6.1 kernel's boot
+ * fills about 24 MiB; 16 MiB costs one flush and no measurable time, 8 MiB
+ * costs about a tenth of the boot time.
  */
 #define BC_CHUNK_SIZE (256u << 10)
-#define BC_MAX_BYTES (32ull << 20)
+#define BC_MAX_BYTES (16ull << 20)
 #define BC_HASH_MIN_BITS 10
 #define BC_HASH_MAX_BITS 16
 #define BLOCK_MAX_INSNS 64
