@@ -11,6 +11,9 @@ LIB_SRCS := $(filter-out src/main.c,$(SRCS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 KVM_SRCS  := $(wildcard tests/kvm/test_*.c)
 
+# Build in parallel by default (tests still run one at a time, in tests/run.sh).
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+
 # Two trees: build/ (optimized, what users run) and build-asan/ (tests, ASan+UBSan).
 B  := build
 BA := build-asan

@@ -4,41 +4,24 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/signalfd.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "arch/x86/machine.h"
 #include "cmd/cmd.h"
+#include "cmd/console.h"
 #include "hw/serial.h"
 #include "state/identity.h"
 #include "state/machine_desc.h"
 #include "state/snapshot.h"
 #include "util/log.h"
 #include "vmm/vm.h"
-
-#define EXIT_USAGE 2
-#define EXIT_GUEST_FAILED 3
-#define EXIT_STOPPED 130
-
-struct rcon {
-	struct vm *vm;
-	struct serial *ser;
-	int in_fd, sig_fd, stop_fd;
-	bool tty, escape;
-	int got_signal;
-	struct termios saved;
-	pthread_t thread;
-};
 
 static void restore_usage(FILE *f)
 {
@@ -63,166 +46,12 @@ static void restore_usage(FILE *f)
 	       "stopped from the host.\n");
 }
 
-static void rcon_inject(struct rcon *c, const uint8_t *buf, size_t len)
+/* The restored guest was running a command (tern.cmd=): it owes an exit status. */
+static bool restored_command(struct vm *vm)
 {
-	size_t done = 0;
+	const struct machine_desc *d = snapshot_description(vm);
 
-	while (done < len) {
-		done += serial_inject(c->ser, buf + done, len - done);
-		if (done == len)
-			break;
-		serial_flush(c->ser);
-		if (poll(&(struct pollfd){.fd = c->stop_fd, .events = POLLIN}, 1, 10) > 0)
-			return;
-	}
-}
-
-/* Terminal keys: Ctrl-A x quits, Ctrl-A Ctrl-A is a literal Ctrl-A. */
-static void rcon_keys(struct rcon *c, const uint8_t *buf, size_t len)
-{
-	uint8_t out[512];
-	size_t n = 0;
-
-	for (size_t i = 0; i < len && i < sizeof(out); i++) {
-		if (c->escape) {
-			c->escape = false;
-			if (buf[i] == 'x' || buf[i] == 'X') {
-				vm_request_stop(c->vm, VM_STOP_USER);
-				break;
-			}
-			if (buf[i] != 0x01)
-				continue;
-		} else if (buf[i] == 0x01) {
-			c->escape = true;
-			continue;
-		}
-		out[n++] = buf[i];
-	}
-	rcon_inject(c, out, n);
-}
-
-static void rcon_input(struct rcon *c)
-{
-	uint8_t buf[512];
-	ssize_t n = read(c->in_fd, buf, sizeof(buf));
-
-	if (n < 0 && (errno == EINTR || errno == EAGAIN))
-		return;
-	if (n <= 0) {
-		c->in_fd = -1; /* EOF: the guest runs on without input */
-		return;
-	}
-	if (c->tty)
-		rcon_keys(c, buf, (size_t)n);
-	else
-		rcon_inject(c, buf, (size_t)n);
-}
-
-static void *rcon_thread(void *arg)
-{
-	struct rcon *c = arg;
-
-	for (;;) {
-		struct pollfd p[3] = {{.fd = c->stop_fd, .events = POLLIN},
-				      {.fd = c->sig_fd, .events = POLLIN},
-				      {.fd = c->in_fd, .events = POLLIN}};
-		int n = poll(p, c->in_fd >= 0 ? 3 : 2, 20);
-
-		serial_flush(c->ser);
-		if (n < 0 && errno != EINTR)
-			break;
-		if (n <= 0)
-			continue;
-		if (p[0].revents)
-			break;
-		if (p[1].revents & POLLIN) {
-			struct signalfd_siginfo si;
-
-			if (read(c->sig_fd, &si, sizeof(si)) == sizeof(si))
-				c->got_signal = (int)si.ssi_signo;
-			vm_request_stop(c->vm, VM_STOP_USER);
-		}
-		if (c->in_fd >= 0 && (p[2].revents & (POLLIN | POLLHUP | POLLERR)))
-			rcon_input(c);
-	}
-	serial_flush(c->ser);
-	return NULL;
-}
-
-static int rcon_start(struct rcon *c, struct vm *vm, const sigset_t *sigs)
-{
-	struct x86_machine *m = vm->machine;
-	int err;
-
-	memset(c, 0, sizeof(*c));
-	c->vm = vm;
-	c->ser = m->com1;
-	c->in_fd = STDIN_FILENO;
-	c->sig_fd = signalfd(-1, sigs, SFD_CLOEXEC);
-	c->stop_fd = eventfd(0, EFD_CLOEXEC);
-	if (c->sig_fd < 0 || c->stop_fd < 0) {
-		err = -errno;
-		goto fail;
-	}
-	if (isatty(STDIN_FILENO) && !tcgetattr(STDIN_FILENO, &c->saved)) {
-		struct termios raw = c->saved;
-
-		cfmakeraw(&raw);
-		c->tty = !tcsetattr(STDIN_FILENO, TCSANOW, &raw);
-	}
-	err = -pthread_create(&c->thread, NULL, rcon_thread, c);
-	if (!err)
-		return 0;
-	if (c->tty)
-		tcsetattr(STDIN_FILENO, TCSANOW, &c->saved);
-fail:
-	if (c->sig_fd >= 0)
-		close(c->sig_fd);
-	if (c->stop_fd >= 0)
-		close(c->stop_fd);
-	return err;
-}
-
-static void rcon_stop(struct rcon *c)
-{
-	uint64_t one = 1;
-
-	if (write(c->stop_fd, &one, sizeof(one)) != sizeof(one))
-		pr_warn("console: cannot signal the console thread");
-	pthread_join(c->thread, NULL);
-	if (c->tty)
-		tcsetattr(STDIN_FILENO, TCSANOW, &c->saved);
-	close(c->sig_fd);
-	close(c->stop_fd);
-}
-
-/* The same statuses as tern run (docs/cli.md). */
-static int restore_exit_code(struct vm *vm, enum vm_stop_reason why, const struct rcon *c)
-{
-	switch (why) {
-	case VM_STOP_POWEROFF:
-		return vm->exit_status >= 0 ? vm->exit_status : 0;
-	case VM_STOP_RESET:
-		fprintf(stderr, "tern: the guest rebooted; tern does not restart it\n");
-		return EXIT_GUEST_FAILED;
-	case VM_STOP_PANIC:
-		fprintf(stderr, "tern: the guest kernel panicked (see the console output above)\n");
-		return EXIT_GUEST_FAILED;
-	case VM_STOP_SHUTDOWN:
-		fprintf(stderr, "tern: the guest triple-faulted (CPU shutdown)\n");
-		return EXIT_GUEST_FAILED;
-	case VM_STOP_USER:
-		if (c->got_signal)
-			fprintf(stderr, "tern: stopped by signal %d\n", c->got_signal);
-		else
-			fprintf(stderr, "tern: stopped (Ctrl-A x)\n");
-		return EXIT_STOPPED;
-	case VM_STOP_ERROR:
-	case VM_RUNNING:
-		break;
-	}
-	fprintf(stderr, "tern: the VM stopped on an internal error (see above)\n");
-	return 1;
+	return d && d->cmdline && strstr(d->cmdline, "tern.cmd=");
 }
 
 static double ms_since(const struct timespec *t0)
@@ -235,25 +64,20 @@ static double ms_since(const struct timespec *t0)
 
 static int restore_run(const struct snapshot_restore_cfg *cfg, const struct timespec *t0)
 {
-	struct rcon con;
+	struct console con;
 	sigset_t sigs;
 	struct vm vm;
+	enum vm_stop_reason why_stopped;
 	char why[512] = "";
 	int err, rc;
 
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGHUP);
-	sigaddset(&sigs, SIGQUIT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	console_block_signals(&sigs);
 	err = snapshot_restore(&vm, cfg, why, sizeof(why));
 	if (err) {
 		fprintf(stderr, "tern restore: %s; nothing was started\n", why);
 		return EXIT_USAGE;
 	}
-	err = rcon_start(&con, &vm, &sigs);
+	err = console_start(&con, &vm, &sigs);
 	if (err) {
 		fprintf(stderr, "tern restore: cannot start the console: %s\n", strerror(-err));
 		vm_destroy(&vm);
@@ -262,8 +86,9 @@ static int restore_run(const struct snapshot_restore_cfg *cfg, const struct time
 	err = vm_start(&vm);
 	if (!err)
 		pr_info("restored: the guest runs again %.1f ms after tern started", ms_since(t0));
-	rc = restore_exit_code(&vm, vm_wait(&vm), &con);
-	rcon_stop(&con);
+	why_stopped = vm_wait(&vm);
+	console_stop(&con);
+	rc = console_exit_code(&vm, why_stopped, restored_command(&vm), &con);
 	if (err) {
 		fprintf(stderr, "tern restore: cannot start the vCPUs: %s\n", strerror(-err));
 		rc = 1;
