@@ -142,7 +142,12 @@ static int one_point(const char *sock, unsigned disk, const char *layers, const 
 
 	if (!sealed)
 		return -EIO;
-	snprintf(target, sizeof(target), "%s/layer-%ld-%u.qcow2", layers, (long)time(NULL), point);
+	/* Unique across runs: two runs within one second must not pick the same name. */
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(target, sizeof(target), "%s/layer-%ld.%09ld-%d-%u.qcow2", layers, (long)ts.tv_sec,
+		 ts.tv_nsec, (int)getpid(), point);
 	pause = switch_overlay(sock, disk, target);
 	if (pause < 0) {
 		free(sealed);
