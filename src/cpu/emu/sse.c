@@ -50,42 +50,19 @@ static uint16_t satu16(int32_t v)
 }
 
 /* Lane-wise binary operations, defined by one expression over x (dest) and y (source). */
-#define LANES_B(name, expr)                                                                        \
+#define LANES(name, T, lane, n, expr)                                                              \
 	static uint32_t name(struct sse_args *a)                                                   \
 	{                                                                                          \
-		for (int k = 0; k < 16; k++) {                                                     \
-			uint8_t x = a->d.b[k], y = a->s.b[k];                                      \
-			a->d.b[k] = (uint8_t)(expr);                                               \
+		for (int k = 0; k < (n); k++) {                                                    \
+			T x = a->d.lane[k], y = a->s.lane[k];                                      \
+			a->d.lane[k] = (T)(expr);                                                  \
 		}                                                                                  \
 		return 0;                                                                          \
 	}
-#define LANES_W(name, expr)                                                                        \
-	static uint32_t name(struct sse_args *a)                                                   \
-	{                                                                                          \
-		for (int k = 0; k < 8; k++) {                                                      \
-			uint16_t x = a->d.w[k], y = a->s.w[k];                                     \
-			a->d.w[k] = (uint16_t)(expr);                                              \
-		}                                                                                  \
-		return 0;                                                                          \
-	}
-#define LANES_D(name, expr)                                                                        \
-	static uint32_t name(struct sse_args *a)                                                   \
-	{                                                                                          \
-		for (int k = 0; k < 4; k++) {                                                      \
-			uint32_t x = a->d.d[k], y = a->s.d[k];                                     \
-			a->d.d[k] = (uint32_t)(expr);                                              \
-		}                                                                                  \
-		return 0;                                                                          \
-	}
-#define LANES_Q(name, expr)                                                                        \
-	static uint32_t name(struct sse_args *a)                                                   \
-	{                                                                                          \
-		for (int k = 0; k < 2; k++) {                                                      \
-			uint64_t x = a->d.q[k], y = a->s.q[k];                                     \
-			a->d.q[k] = (uint64_t)(expr);                                              \
-		}                                                                                  \
-		return 0;                                                                          \
-	}
+#define LANES_B(name, expr) LANES(name, uint8_t, b, 16, expr)
+#define LANES_W(name, expr) LANES(name, uint16_t, w, 8, expr)
+#define LANES_D(name, expr) LANES(name, uint32_t, d, 4, expr)
+#define LANES_Q(name, expr) LANES(name, uint64_t, q, 2, expr)
 
 LANES_B(padd_b, x + y)
 LANES_W(padd_w, x + y)
