@@ -963,24 +963,34 @@ static int qcow2_do_read(struct qcow2_dev *q, const struct iovec *iov, int iovcn
 	return r;
 }
 
-static int qcow2_preadv(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off)
+typedef int (*qcow2_io_fn)(struct qcow2_dev *q, const struct iovec *iov, int iovcnt, uint64_t off,
+			   struct iovec *tmp);
+
+/* One request under the image lock, with scratch for slicing its iovec. */
+static int qcow2_locked_io(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off,
+			   qcow2_io_fn fn)
 {
 	struct qcow2_dev *q = to_q(bd);
 	struct iovec small[16], *tmp = small;
 	int r;
 
-	/* Scratch for slicing the request: on the stack for the common short lists. */
+	/* On the stack for the common short lists. */
 	if (iovcnt >= 16) {
 		tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
 		if (!tmp)
 			return -ENOMEM;
 	}
 	pthread_mutex_lock(&q->lock);
-	r = qcow2_do_read(q, iov, iovcnt, off, tmp);
+	r = fn(q, iov, iovcnt, off, tmp);
 	pthread_mutex_unlock(&q->lock);
 	if (tmp != small)
 		free(tmp);
 	return r;
+}
+
+static int qcow2_preadv(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off)
+{
+	return qcow2_locked_io(bd, iov, iovcnt, off, qcow2_do_read);
 }
 
 /* ---- writing ---- */
@@ -1111,22 +1121,7 @@ static int qcow2_do_write(struct qcow2_dev *q, const struct iovec *iov, int iovc
 
 static int qcow2_pwritev(struct blockdev *bd, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-	struct qcow2_dev *q = to_q(bd);
-	struct iovec small[16], *tmp = small;
-	int r;
-
-	/* Scratch for slicing the request: on the stack for the common short lists. */
-	if (iovcnt >= 16) {
-		tmp = malloc(((size_t)iovcnt + 1) * sizeof(*tmp));
-		if (!tmp)
-			return -ENOMEM;
-	}
-	pthread_mutex_lock(&q->lock);
-	r = qcow2_do_write(q, iov, iovcnt, off, tmp);
-	pthread_mutex_unlock(&q->lock);
-	if (tmp != small)
-		free(tmp);
-	return r;
+	return qcow2_locked_io(bd, iov, iovcnt, off, qcow2_do_write);
 }
 
 static int qcow2_flush(struct blockdev *bd)
