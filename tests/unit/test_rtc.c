@@ -13,47 +13,17 @@
 #include "hw/rtc.h"
 #include "vmm/vm.h"
 
-static int fake_vm_create(struct vm *vm)
-{
-	return 0;
-}
-
-static void fake_vm_destroy(struct vm *vm)
-{
-}
-
-static int fake_vcpu_create(struct vcpu *v)
-{
-	return 0;
-}
-
-static void fake_kick(struct vcpu *v)
-{
-}
-
-static const struct cpu_backend fake_backend = {
-    .name = "fake",
-    .vm_create = fake_vm_create,
-    .vm_destroy = fake_vm_destroy,
-    .vcpu_create = fake_vcpu_create,
-    .kick = fake_kick,
-};
+#include "unit/fake_vm.h"
 
 static int setup(void **state)
 {
-	struct vm *vm = calloc(1, sizeof(*vm));
-	struct vm_config cfg = {.mem_size = 4 << 20, .ncpus = 1, .cpu = &fake_backend};
-
-	if (!vm || vm_create(vm, &cfg) || rtc_create(vm))
-		return -1;
-	*state = vm;
-	return 0;
+	*state = fake_vm_new(4 << 20, rtc_create);
+	return *state ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
-	vm_destroy(*state);
-	free(*state);
+	fake_vm_free(*state);
 	return 0;
 }
 
