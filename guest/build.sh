@@ -3,8 +3,8 @@
 #   guest/out/vmlinuz  Debian's cloud kernel (unsigned image of the package
 #                      linux-image-cloud-amd64 depends on)
 #   guest/out/initrd   newc cpio: busybox-static, the virtio modules in load
-#                      order, /init (guest/init), tern-exit, tern-session
-#                      and tern-spin
+#                      order, /init (guest/init) and tern's static helpers
+#                      (every guest/tern-*.c, built against guest/rt.h)
 # Downloaded .debs stay in guest/cache/, so a rebuild needs no network.
 # Quiet and quick when guest/out is already newer than every input.
 #
@@ -223,10 +223,11 @@ build() {
 		[ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 	done
 	install -m 0755 "$here/init" "$root/init"
-	build_helper tern-exit "$root/bin"
-	build_helper tern-session "$root/bin"
-	build_helper tern-reseed "$root/bin"
-	build_helper tern-spin "$root/bin"
+	# Every guest/tern-*.c is one helper in /bin.
+	for src in "$here"/tern-*.c; do
+		src=${src##*/}
+		build_helper "${src%.c}" "$root/bin"
+	done
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"
 
