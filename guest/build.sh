@@ -79,7 +79,8 @@ kernel_package() {
 }
 
 cached_deb() {
-	find "$cache" -maxdepth 1 -name "$1" -type f | sort -V | tail -n 1
+	# The trailing slash: the cache may be a link to a shared one.
+	find "$cache/" -maxdepth 1 -name "$1" -type f | sort -V | tail -n 1
 }
 
 fetch_debs() {
