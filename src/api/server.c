@@ -8,7 +8,9 @@
  * by API_MAX_BODY: a larger Content-Length is refused before the body is
  * read, a larger chunked body is drained and refused.
  */
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,6 +25,56 @@
 
 #include "api/api_int.h"
 #include "util/log.h"
+
+/*
+ * libmicrohttpd is loaded when the first server starts, not linked: linked,
+ * it and the TLS libraries it depends on cost every tern process about 2 ms
+ * of loading and initialisation at exec, restores and clones included, and
+ * most processes never serve the API.
+ */
+#define MHD_SONAME "libmicrohttpd.so.12"
+
+static struct {
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_destroy_response) *destroy_response;
+	__typeof__(MHD_lookup_connection_value) *lookup_connection_value;
+} mhd;
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+static bool mhd_ok;
+
+static void *mhd_sym(void *lib, const char *name, bool *ok)
+{
+	void *f = dlsym(lib, name);
+
+	if (!f) {
+		pr_err("api: %s has no %s", MHD_SONAME, name);
+		*ok = false;
+	}
+	return f;
+}
+
+static void mhd_load(void)
+{
+	void *lib = dlopen(MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+	bool ok = true;
+
+	if (!lib) {
+		pr_err("api: cannot load %s: %s", MHD_SONAME, dlerror());
+		return;
+	}
+	mhd.start_daemon = mhd_sym(lib, "MHD_start_daemon", &ok);
+	mhd.stop_daemon = mhd_sym(lib, "MHD_stop_daemon", &ok);
+	mhd.create_response_from_buffer = mhd_sym(lib, "MHD_create_response_from_buffer", &ok);
+	mhd.add_response_header = mhd_sym(lib, "MHD_add_response_header", &ok);
+	mhd.queue_response = mhd_sym(lib, "MHD_queue_response", &ok);
+	mhd.destroy_response = mhd_sym(lib, "MHD_destroy_response", &ok);
+	mhd.lookup_connection_value = mhd_sym(lib, "MHD_lookup_connection_value", &ok);
+	mhd_ok = ok; /* the library stays loaded for the process's lifetime */
+}
 
 /* What we keep per request between the calls libmicrohttpd makes for it. */
 struct req_ctx {
@@ -66,7 +118,7 @@ static enum MHD_Result send_json(struct api *api, struct MHD_Connection *c, int 
 			memcpy(copy, text, n);
 			memcpy(copy + n, "\n", 2);
 		}
-		resp = copy ? MHD_create_response_from_buffer(n + 1, copy, MHD_RESPMEM_MUST_FREE)
+		resp = copy ? mhd.create_response_from_buffer(n + 1, copy, MHD_RESPMEM_MUST_FREE)
 			    : NULL;
 		if (!resp)
 			free(copy);
@@ -75,16 +127,16 @@ static enum MHD_Result send_json(struct api *api, struct MHD_Connection *c, int 
 	}
 	if (!resp) {
 		status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-		resp = MHD_create_response_from_buffer(sizeof(oom) - 1, (void *)oom,
+		resp = mhd.create_response_from_buffer(sizeof(oom) - 1, (void *)oom,
 						       MHD_RESPMEM_PERSISTENT);
 		if (!resp)
 			return MHD_NO; /* libmicrohttpd closes the connection */
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	mhd.add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	if (allow)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-	r = MHD_queue_response(c, (unsigned)status, resp);
-	MHD_destroy_response(resp);
+		mhd.add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+	r = mhd.queue_response(c, (unsigned)status, resp);
+	mhd.destroy_response(resp);
 	return r;
 }
 
@@ -104,7 +156,7 @@ static enum MHD_Result send_error(struct api *api, struct MHD_Connection *c, int
 static bool declared_too_big(struct MHD_Connection *c)
 {
 	const char *cl =
-	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	    mhd.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	unsigned long long n;
 	char *end;
 
@@ -277,6 +329,11 @@ int api_start(struct vm *vm, const char *socket_path, struct api **out)
 
 	if (!api)
 		return -ENOMEM;
+	pthread_once(&mhd_once, mhd_load);
+	if (!mhd_ok) {
+		free(api);
+		return -ENOSYS;
+	}
 	api->vm = vm;
 	api->path = strdup(socket_path);
 	if (!api->path) {
@@ -290,7 +347,7 @@ int api_start(struct vm *vm, const char *socket_path, struct api **out)
 		err = api->listen_fd;
 		goto fail_mutex;
 	}
-	api->mhd = MHD_start_daemon(
+	api->mhd = mhd.start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
 		MHD_USE_ERROR_LOG,
 	    0, NULL, NULL, on_request, api, MHD_OPTION_LISTEN_SOCKET, api->listen_fd,
@@ -321,7 +378,7 @@ void api_stop(struct api *api)
 	if (!api)
 		return;
 	/* Joins the connection threads; closes the listen socket it was given. */
-	MHD_stop_daemon(api->mhd);
+	mhd.stop_daemon(api->mhd);
 	unlink(api->path);
 	pthread_mutex_destroy(&api->action_lock);
 	free(api->path);
