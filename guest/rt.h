@@ -7,14 +7,24 @@
 #ifndef TERN_GUEST_RT_H
 #define TERN_GUEST_RT_H
 
+#define SYS_READ 0
 #define SYS_WRITE 1
+#define SYS_OPEN 2
+#define SYS_CLOSE 3
+#define SYS_MMAP 9
+#define SYS_MUNMAP 11
+#define SYS_PREAD64 17
+#define SYS_PWRITE64 18
 #define SYS_RT_SIGACTION 13
 #define SYS_IOCTL 16
 #define SYS_FORK 57
 #define SYS_EXECVE 59
 #define SYS_EXIT 60
 #define SYS_WAIT4 61
+#define SYS_FSYNC 74
+#define SYS_SYSINFO 99
 #define SYS_IOPERM 173
+#define SYS_CLOCK_GETTIME 228
 
 #define EINTR 4
 #define ENOEXEC 8
@@ -50,6 +60,20 @@ static inline long syscall4(long nr, long a, long b, long c, long d)
  * written to it (the serial driver's buffer is empty and LSR says the
  * transmitter is idle). Not a terminal: returns at once.
  */
+static inline long syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	register long r9 __asm__("r9") = f;
+	long ret;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
 static inline void tty_drain(int fd)
 {
 	/* Bounded: a signal that keeps interrupting must not hold the exit forever. */
