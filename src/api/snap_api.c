@@ -56,11 +56,12 @@ static int save_status(int err)
 static int save(struct api *api, const char *state, const char *mem_arg, struct json_object **out)
 {
 	char *mem = mem_arg ? strdup(mem_arg) : snapshot_default_mem_path(state);
+	struct snapshot_stats st;
 	int err;
 
 	if (!mem)
 		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
-	err = snapshot_save(api->vm, state, mem);
+	err = snapshot_save_stats(api->vm, state, mem, &st);
 	if (err) {
 		free(mem);
 		return api_error(out, save_status(err), "snapshot to %.256s: %s", state,
@@ -71,6 +72,13 @@ static int save(struct api *api, const char *state, const char *mem_arg, struct 
 	if (*out) {
 		json_object_object_add(*out, "state", json_object_new_string(state));
 		json_object_object_add(*out, "mem", json_object_new_string(mem));
+		json_object_object_add(*out, "live", json_object_new_boolean(st.live));
+		json_object_object_add(*out, "pause_us",
+				       json_object_new_int64((int64_t)(st.pause_ns / 1000)));
+		json_object_object_add(*out, "total_ms",
+				       json_object_new_int64((int64_t)(st.total_ns / 1000000)));
+		json_object_object_add(*out, "copied_before_write",
+				       json_object_new_int64((int64_t)st.cbw_pages));
 	}
 	free(mem);
 	return *out ? MHD_HTTP_OK : api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");

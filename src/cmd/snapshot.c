@@ -179,9 +179,14 @@ static void take(struct watcher *w)
 {
 	char *mem = w->o->mem ? strdup(w->o->mem) : snapshot_default_mem_path(w->o->state);
 
-	w->result = mem ? snapshot_save(w->vm, w->o->state, mem) : -ENOMEM;
+	struct snapshot_stats st = {0};
+
+	w->result = mem ? snapshot_save_stats(w->vm, w->o->state, mem, &st) : -ENOMEM;
 	if (!w->result)
-		fprintf(stderr, "tern: snapshot saved: %s, %s\n", w->o->state, mem);
+		fprintf(stderr,
+			"tern: snapshot saved: %s, %s (paused %.3f ms, %s copy, %.1f ms in all)\n",
+			w->o->state, mem, (double)st.pause_ns / 1e6, st.live ? "live" : "paused",
+			(double)st.total_ns / 1e6);
 	free(mem);
 	if (w->result || !w->o->keep_running)
 		vm_request_stop(w->vm, VM_STOP_USER);

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,12 +14,12 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "state/snapfile.h"
+#include "state/state_int.h"
 
 /* Header page layout: magic, version, data offset, RAM size, snapshot id, CRC of the above. */
 #define MEM_HDR_CRC_OFF 48
 
-static bool page_is_zero(const uint8_t *p)
+bool snap_page_is_zero(const uint8_t *p)
 {
 	const uint64_t *q = (const uint64_t *)p;
 
@@ -30,7 +31,7 @@ static bool page_is_zero(const uint8_t *p)
 	return true;
 }
 
-static int pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off)
+int snap_pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off)
 {
 	while (len) {
 		ssize_t n = pwrite(fd, p, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
@@ -65,7 +66,7 @@ static void mem_header(uint8_t *h, uint64_t size, const uint8_t id[SNAP_ID_LEN])
 }
 
 /* Runs of non-zero pages in [first, end) (16 MiB at most) become one write each. */
-static int write_range(int fd, const struct guest_mem *gm, uint64_t first, uint64_t end)
+int snap_mem_write_range(int fd, const struct guest_mem *gm, uint64_t first, uint64_t end)
 {
 	uint64_t pg = first;
 
@@ -73,15 +74,16 @@ static int write_range(int fd, const struct guest_mem *gm, uint64_t first, uint6
 		uint64_t run = pg;
 		int err;
 
-		if (page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT))) {
+		if (snap_page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT))) {
 			pg++;
 			continue;
 		}
 		while (pg < end && pg - run < 4096 &&
-		       !page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT)))
+		       !snap_page_is_zero(gm->hva + (pg << GM_PAGE_SHIFT)))
 			pg++;
-		err = pwrite_all(fd, gm->hva + (run << GM_PAGE_SHIFT), (pg - run) << GM_PAGE_SHIFT,
-				 SNAP_MEM_DATA_OFF + (run << GM_PAGE_SHIFT));
+		err = snap_pwrite_all(fd, gm->hva + (run << GM_PAGE_SHIFT),
+				      (pg - run) << GM_PAGE_SHIFT,
+				      SNAP_MEM_DATA_OFF + (run << GM_PAGE_SHIFT));
 		if (err)
 			return err;
 	}
@@ -93,12 +95,12 @@ static int write_range(int fd, const struct guest_mem *gm, uint64_t first, uint6
  * reclaim) are skipped without reading them: reading would allocate them.
  * Otherwise (a restored VM's private mapping) every page is looked at.
  */
-static int write_pages(int fd, const struct guest_mem *gm)
+int snap_mem_write_pages(int fd, const struct guest_mem *gm)
 {
 	off_t off = 0, end;
 
 	if (gm->fd < 0 || lseek(gm->fd, 0, SEEK_HOLE) < 0)
-		return write_range(fd, gm, 0, gm->npages);
+		return snap_mem_write_range(fd, gm, 0, gm->npages);
 	while ((uint64_t)off < gm->size) {
 		int err;
 
@@ -110,8 +112,8 @@ static int write_pages(int fd, const struct guest_mem *gm)
 			return -errno;
 		if ((uint64_t)end > gm->size)
 			end = (off_t)gm->size;
-		err = write_range(fd, gm, (uint64_t)off >> GM_PAGE_SHIFT,
-				  ((uint64_t)end + GM_PAGE_SIZE - 1) >> GM_PAGE_SHIFT);
+		err = snap_mem_write_range(fd, gm, (uint64_t)off >> GM_PAGE_SHIFT,
+					   ((uint64_t)end + GM_PAGE_SIZE - 1) >> GM_PAGE_SHIFT);
 		if (err)
 			return err;
 		off = end;
@@ -119,43 +121,94 @@ static int write_pages(int fd, const struct guest_mem *gm)
 	return 0;
 }
 
-int snap_mem_write(struct guest_mem *gm, const char *path, const uint8_t id[SNAP_ID_LEN])
+int snap_mem_create(struct snap_mem_out *o, const char *path, uint64_t size,
+		    const uint8_t id[SNAP_ID_LEN])
 {
 	uint8_t *hdr = malloc(GM_PAGE_SIZE);
-	char *tmp = NULL;
-	int fd = -1, err;
+	int err;
 
-	if (!hdr || asprintf(&tmp, "%s.tmp", path) < 0) {
+	o->fd = -1;
+	o->path = path;
+	o->tmp = NULL;
+	if (!hdr || asprintf(&o->tmp, "%s.tmp", path) < 0) {
+		o->tmp = NULL;
 		err = -ENOMEM;
 		goto out;
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
+	o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (o->fd < 0) {
 		err = -errno;
 		goto out;
 	}
 	/* Size first, all holes; then only the pages with data. */
-	if (ftruncate(fd, (off_t)(SNAP_MEM_DATA_OFF + gm->size)) < 0) {
-		err = -errno;
-		goto out;
-	}
-	mem_header(hdr, gm->size, id);
-	err = pwrite_all(fd, hdr, GM_PAGE_SIZE, 0);
+	err = ftruncate(o->fd, (off_t)(SNAP_MEM_DATA_OFF + size)) < 0 ? -errno : 0;
+	mem_header(hdr, size, id);
 	if (!err)
-		err = write_pages(fd, gm);
-	if (close(fd) < 0 && !err)
-		err = -errno;
-	fd = -1;
-	if (!err && rename(tmp, path) < 0)
-		err = -errno;
+		err = snap_pwrite_all(o->fd, hdr, GM_PAGE_SIZE, 0);
 out:
+	free(hdr);
+	if (err)
+		snap_mem_abort(o);
+	return err;
+}
+
+void snap_mem_abort(struct snap_mem_out *o)
+{
+	if (o->fd >= 0)
+		close(o->fd);
+	if (o->tmp)
+		unlink(o->tmp);
+	free(o->tmp);
+	o->fd = -1;
+	o->tmp = NULL;
+}
+
+int snap_fsync_dir(const char *path)
+{
+	char *copy = strdup(path);
+	int fd, err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		err = -errno;
 	if (fd >= 0)
 		close(fd);
-	if (err && tmp)
-		unlink(tmp);
-	free(tmp);
-	free(hdr);
+	free(copy);
 	return err;
+}
+
+int snap_mem_commit(struct snap_mem_out *o)
+{
+	int err = fdatasync(o->fd) < 0 ? -errno : 0;
+
+	if (close(o->fd) < 0 && !err)
+		err = -errno;
+	o->fd = -1;
+	if (!err && rename(o->tmp, o->path) < 0)
+		err = -errno;
+	if (!err)
+		err = snap_fsync_dir(o->path);
+	if (err)
+		snap_mem_abort(o);
+	free(o->tmp);
+	o->tmp = NULL;
+	return err;
+}
+
+int snap_mem_write(struct guest_mem *gm, const char *path, const uint8_t id[SNAP_ID_LEN])
+{
+	struct snap_mem_out o;
+	int err = snap_mem_create(&o, path, gm->size, id);
+
+	if (!err)
+		err = snap_mem_write_pages(o.fd, gm);
+	if (err) {
+		snap_mem_abort(&o);
+		return err;
+	}
+	return snap_mem_commit(&o);
 }
 
 static int check_header(const uint8_t *h, const uint8_t id[SNAP_ID_LEN], uint64_t mem_size,

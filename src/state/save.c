@@ -1,6 +1,7 @@
-/* snapshot_save(): pause, write the state and memory files, resume. */
+/* snapshot_save(): pause, collect the state, arm copy-before-write, resume, finish the files. */
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -93,42 +94,104 @@ static int build_state(struct vm *vm, const struct machine_desc *desc, struct sn
 	return err ? err : snap_w_finish(w);
 }
 
-/* The VM is paused: write memory first, the state file (which names it by id) last. */
-static int save_paused(struct vm *vm, const struct machine_desc *desc, const char *state_path,
-		       const char *mem_path)
-{
+/* What a save needs from start to end. */
+struct save_job {
+	struct vm *vm;
+	const struct machine_desc *desc;
+	const char *state_path;
 	struct snap_writer w;
+	struct snap_mem_out mem;
+	struct livemem *live; /* NULL: the memory is copied with the VM paused */
 	uint8_t id[SNAP_ID_LEN];
+};
+
+/* Before the pause: the memory file exists (a bad path fails here) and copy-before-write is ready.
+ */
+static int save_prepare(struct save_job *j, const char *mem_path)
+{
 	int err;
 
-	if (getrandom(id, sizeof(id), 0) != (ssize_t)sizeof(id))
+	if (getrandom(j->id, sizeof(j->id), 0) != (ssize_t)sizeof(j->id))
 		return -errno;
-	err = build_state(vm, desc, &w, id);
+	err = snap_mem_create(&j->mem, mem_path, j->vm->mem.size, j->id);
+	if (err) {
+		pr_err("snapshot: cannot create memory file %s: %s", mem_path, strerror(-err));
+		return err;
+	}
+	err = livemem_prepare(&j->live, &j->vm->mem, j->mem.fd);
 	if (err)
+		pr_info("snapshot: no live memory copy here (userfaultfd write protection: %s); "
+			"the VM stays paused while its memory is written",
+			strerror(-err));
+	return 0;
+}
+
+/* The VM is paused: this is the snapshot's instant. */
+static int save_paused(struct save_job *j)
+{
+	int err = build_state(j->vm, j->desc, &j->w, j->id);
+
+	if (err) {
 		pr_err("snapshot: cannot collect the VM's state: %s", strerror(-err));
-	if (!err) {
-		err = snap_mem_write(&vm->mem, mem_path, id);
+		return err;
+	}
+	if (j->live && livemem_arm(j->live)) {
+		pr_info("snapshot: cannot write-protect guest memory; copying it paused");
+		livemem_free(j->live);
+		j->live = NULL;
+	}
+	if (!j->live) {
+		err = snap_mem_write_pages(j->mem.fd, &j->vm->mem);
 		if (err)
-			pr_err("snapshot: cannot write memory file %s: %s", mem_path,
+			pr_err("snapshot: cannot write memory file %s: %s", j->mem.path,
 			       strerror(-err));
 	}
-	if (!err) {
-		err = snap_w_to_file(&w, state_path);
-		if (err)
-			pr_err("snapshot: cannot write state file %s: %s", state_path,
-			       strerror(-err));
-	}
-	snap_w_free(&w);
 	return err;
 }
 
-int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
+/* After the resume: finish the memory file, then the state file that names it (last). */
+static int save_finish(struct save_job *j, int err, struct snapshot_stats *st)
 {
-	const struct machine_desc *desc = snap_desc_find(vm);
-	uint64_t t0 = now_ns(), t1;
+	if (!err && j->live) {
+		err = livemem_copy(j->live);
+		if (err)
+			pr_err("snapshot: cannot write memory file %s: %s", j->mem.path,
+			       strerror(-err));
+	}
+	if (j->live)
+		st->cbw_pages = livemem_cbw_pages(j->live);
+	livemem_free(j->live);
+	j->live = NULL;
+	if (err) {
+		snap_mem_abort(&j->mem);
+		return err;
+	}
+	err = snap_mem_commit(&j->mem);
+	if (err) {
+		pr_err("snapshot: cannot write memory file %s: %s", j->mem.path, strerror(-err));
+		return err;
+	}
+	err = snap_w_to_file(&j->w, j->state_path);
+	if (!err)
+		err = snap_fsync_dir(j->state_path);
+	if (err) {
+		pr_err("snapshot: cannot write state file %s: %s", j->state_path, strerror(-err));
+		/* A memory file without its state file is no snapshot. */
+		unlink(j->mem.path);
+	}
+	return err;
+}
+
+int snapshot_save_stats(struct vm *vm, const char *state_path, const char *mem_path,
+			struct snapshot_stats *st)
+{
+	struct save_job j = {
+	    .vm = vm, .desc = snap_desc_find(vm), .state_path = state_path, .mem = {.fd = -1}};
+	uint64_t t0 = now_ns(), t1, t2;
 	int err;
 
-	if (!desc) {
+	memset(st, 0, sizeof(*st));
+	if (!j.desc) {
 		pr_err("snapshot: this VM was built without a machine description "
 		       "(snapshot_describe); it cannot be restored, so it is not saved");
 		return -ENOTSUP;
@@ -139,17 +202,37 @@ int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
 		       vm->cpu->name);
 		return -ENOTSUP;
 	}
+	err = save_prepare(&j, mem_path);
+	if (err)
+		return err;
 	/* Pauses nest: a VM someone else paused stays paused after our resume. */
 	err = vm_pause(vm);
 	if (err) {
 		pr_err("snapshot: cannot pause the VM: %s", strerror(-err));
+		livemem_free(j.live);
+		snap_mem_abort(&j.mem);
 		return err;
 	}
 	t1 = now_ns();
-	err = save_paused(vm, desc, state_path, mem_path);
+	err = save_paused(&j);
+	st->live = j.live != NULL;
+	t2 = now_ns();
 	vm_resume(vm);
-	pr_info("snapshot: %s (%s) in %llu ms, paused %llu ms", err ? "failed" : "saved",
-		state_path, (unsigned long long)((now_ns() - t0) / 1000000),
-		(unsigned long long)((now_ns() - t1) / 1000000));
+	err = save_finish(&j, err, st);
+	snap_w_free(&j.w);
+	st->pause_ns = t2 - t1;
+	st->total_ns = now_ns() - t0;
+	pr_info("snapshot: %s (%s) in %llu ms, paused %llu us (%s copy, %llu pages copied before "
+		"write)",
+		err ? "failed" : "saved", state_path, (unsigned long long)(st->total_ns / 1000000),
+		(unsigned long long)(st->pause_ns / 1000), st->live ? "live" : "paused",
+		(unsigned long long)st->cbw_pages);
 	return err;
+}
+
+int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path)
+{
+	struct snapshot_stats st;
+
+	return snapshot_save_stats(vm, state_path, mem_path, &st);
 }

@@ -214,6 +214,8 @@ int snap_w_to_file(struct snap_writer *w, const char *path)
 		goto out;
 	}
 	err = write_all(fd, w->buf.data, w->buf.len);
+	if (!err && fsync(fd) < 0)
+		err = -errno;
 	if (close(fd) < 0 && !err)
 		err = -errno;
 	/* Renamed only when complete: a reader never sees half a state file. */

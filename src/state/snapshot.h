@@ -1,9 +1,10 @@
 /*
  * Snapshot and restore of a whole VM (docs/snapshot-format.md).
  *
- * snapshot_save() pauses the VM (vCPUs parked, devices drained), writes a
- * state file (vCPUs, backend irqchip/timers, every device) and a sparse
- * memory file, and resumes. snapshot_restore() builds the same machine
+ * snapshot_save() pauses the VM (vCPUs parked, devices drained), collects a
+ * state file (vCPUs, backend irqchip/timers, every device), write-protects
+ * guest memory and resumes; the sparse memory file is then written while
+ * the guest runs. snapshot_restore() builds the same machine
  * again, maps the memory file copy-on-write (restore time does not grow
  * with guest memory) and loads every piece of state; the caller starts it.
  *
@@ -34,11 +35,27 @@ int snapshot_describe(struct vm *vm, const struct machine_desc *desc);
 const struct machine_desc *snapshot_description(struct vm *vm);
 
 /*
- * Pause, save to state_path and mem_path, resume. The VM must be running
- * or paused (a paused VM stays paused). Files are written next to their
- * final names and renamed when complete. 0 or -errno; errors are logged.
+ * Save to state_path and mem_path. The VM is paused only while its state is
+ * collected and its memory write-protected (docs/live-memory-snapshot.md);
+ * its memory is copied while it runs, each page before its first write.
+ * Where the host cannot write-protect it, the VM stays paused while its
+ * memory is written. The VM must be running or paused (a paused VM stays
+ * paused). Returns when both files are complete and synced: they are
+ * written next to their final names and renamed, the state file last. 0
+ * or -errno; errors are logged and leave neither file.
  */
 int snapshot_save(struct vm *vm, const char *state_path, const char *mem_path);
+
+struct snapshot_stats {
+	uint64_t pause_ns;  /* the VM was paused for this long */
+	uint64_t total_ns;  /* from the call to complete files */
+	bool live;	    /* memory copied while the VM ran */
+	uint64_t cbw_pages; /* pages copied before a write reached them */
+};
+
+/* snapshot_save() that also reports how long it paused the VM. */
+int snapshot_save_stats(struct vm *vm, const char *state_path, const char *mem_path,
+			struct snapshot_stats *st);
 
 struct snapshot_restore_cfg {
 	const char *state_path;
