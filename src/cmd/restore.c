@@ -38,6 +38,9 @@ static void restore_usage(FILE *f)
 	       "  --disk PATH    use PATH for the snapshot's next disk (a copy-on-write overlay\n"
 	       "                 of it, or the disk itself for a read-only one); give one\n"
 	       "                 per disk of the snapshot, in order\n"
+	       "  --accel kvm|emu|auto  the CPU backend to resume on (default auto: the\n"
+	       "                 snapshot's if this host can run it, else the other); on the\n"
+	       "                 other backend the CPU must offer every feature the guest saw\n"
 	       "  -v, --verbose  more messages (with the time the restore took)\n"
 	       "  -h, --help     this text\n"
 	       "\n"
@@ -121,9 +124,13 @@ static int parse_index(const char *s, uint32_t *out)
 int cmd_restore(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-	    {"mem", required_argument, NULL, 'm'},  {"clone-index", required_argument, NULL, 'c'},
-	    {"disk", required_argument, NULL, 'd'}, {"verbose", no_argument, NULL, 'v'},
-	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
+	    {"mem", required_argument, NULL, 'm'},
+	    {"clone-index", required_argument, NULL, 'c'},
+	    {"disk", required_argument, NULL, 'd'},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"accel", required_argument, NULL, 'a'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct snapshot_restore_cfg cfg = {.console_fd = STDOUT_FILENO};
 	const char *disks[MACHINE_MAX_DISKS];
@@ -137,6 +144,12 @@ int cmd_restore(int argc, char **argv)
 		switch (c) {
 		case 'm':
 			cfg.mem_path = optarg;
+			break;
+		case 'a':
+			if (strcmp(optarg, "kvm") && strcmp(optarg, "emu") &&
+			    strcmp(optarg, "auto"))
+				return usage("--accel: choose kvm, emu or auto, not", optarg);
+			cfg.accel = optarg;
 			break;
 		case 'c':
 			if (parse_index(optarg, &cfg.clone_index))

@@ -19,6 +19,22 @@
 struct vm;
 struct vcpu;
 struct dev_buf;
+struct cpu_neutral;
+
+/*
+ * The CPU model a VM presents, chosen when it is created (struct vm_config)
+ * and fixed for its life: a guest keeps using what CPUID told it at boot.
+ * Zero values are the backend's defaults.
+ */
+struct cpu_model_cfg {
+	/*
+	 * Present the emulator's CPU (vendor, signature, feature leaves, timing
+	 * leaves) on any backend, so a guest can move between backends.
+	 */
+	bool baseline;
+	uint32_t tsc_khz;      /* guest TSC rate; 0: the backend's own */
+	uint32_t apic_tick_ns; /* LAPIC timer input period; 0: the backend's own */
+};
 
 /* A segment register, in the layout of the hidden descriptor cache. */
 struct cpu_seg {
@@ -92,6 +108,16 @@ struct cpu_backend {
 	int (*save_extra)(struct vm *vm, struct dev_buf *out);
 	int (*restore_extra)(struct vm *vm, const void *data, uint64_t len);
 	int (*cpu_model)(struct vm *vm, char *buf, unsigned len);
+	/*
+	 * Cross-backend snapshots (state/cpu_neutral.h): the CPUID the guest
+	 * sees (vCPU 0, topology fields aside), and the interrupt controller,
+	 * timer and event state both backends have, in one neutral form. A
+	 * backend imports a record after set_state() of every vCPU, in place
+	 * of its own restore_extra().
+	 */
+	void (*cpuid)(struct vm *vm, uint32_t leaf, uint32_t sub, uint32_t out[4]);
+	int (*export_neutral)(struct vm *vm, struct cpu_neutral *n);
+	int (*import_neutral)(struct vm *vm, const struct cpu_neutral *n);
 };
 
 extern const struct cpu_backend cpu_backend_kvm;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "state/cpu_neutral.h"
 #include "state/identity.h"
 #include "state/state_int.h"
 #include "util/log.h"
@@ -47,6 +48,49 @@ static const struct cpu_backend *backend_by_name(const char *name)
 	if (!strcmp(name, cpu_backend_kvm.name))
 		return &cpu_backend_kvm;
 	return NULL;
+}
+
+/*
+ * The backend to restore on, and the CPU model to create it with. The
+ * snapshot's backend restores from its own record (exact); the other one
+ * from the neutral record, which must then be present and well-formed.
+ */
+static int pick_backend(const struct snap_image *img, const char *accel, struct vm_config *vc,
+			struct cpu_neutral *n, bool *cross, char *why, size_t wl)
+{
+	const struct cpu_backend *saved = backend_by_name(img->hdr.backend), *want;
+	bool has_n = img->neutral.data != NULL;
+	int err;
+
+	if (!saved)
+		return why_set(why, wl, -EINVAL, "unknown CPU backend '%s'", img->hdr.backend);
+	if (!accel || !strcmp(accel, "auto"))
+		want = saved == &cpu_backend_kvm && !cpu_kvm_has_hw_virt() && has_n
+			   ? &cpu_backend_emu
+			   : saved;
+	else if (!(want = backend_by_name(accel)))
+		return why_set(why, wl, -EINVAL, "unknown CPU backend '%s'", accel);
+	if (want == &cpu_backend_kvm && !cpu_kvm_has_hw_virt())
+		return why_set(why, wl, -ENODEV,
+			       saved == want
+				   ? "taken on the kvm backend; this host cannot run it"
+				   : "this host's KVM cannot run a guest kernel (no VMX/SVM)");
+	*cross = want != saved;
+	if (*cross && !has_n)
+		return why_set(why, wl, -EXDEV,
+			       "taken on the %s backend by a tern without backend-neutral state; "
+			       "it restores only there",
+			       saved->name);
+	memset(&vc->model, 0, sizeof(vc->model));
+	if (has_n) {
+		err = cpu_neutral_decode(img->neutral.data, img->neutral.len, n);
+		if (err || n->ncpus != img->hdr.ncpus)
+			return why_set(why, wl, err ? err : -EINVAL,
+				       "malformed backend-neutral state record");
+		cpu_neutral_model(n, &vc->model);
+	}
+	vc->cpu = want;
+	return 0;
 }
 
 /* The devices just built must be the ones saved, in the same order. */
@@ -125,10 +169,13 @@ static int map_memory(struct vm *vm, const struct snap_image *img, const char *m
 	return 0;
 }
 
-static int check_model(struct vm *vm, const struct snap_image *img, char *why, size_t wl)
+static int check_model(struct vm *vm, const struct snap_image *img, const struct cpu_neutral *n,
+		       bool cross, char *why, size_t wl)
 {
 	char model[SNAP_MODEL_MAX + 1];
 
+	if (cross)
+		return cpu_neutral_check(vm, n, why, wl);
 	if (!vm->cpu->cpu_model || !vm->cpu->restore_extra)
 		return why_set(why, wl, -ENOTSUP, "the %s backend cannot restore snapshots yet",
 			       vm->cpu->name);
@@ -180,13 +227,13 @@ static int renew_identity(struct vm *vm, const struct machine_desc *sd,
 
 /* vm_create() done: everything else, in order. */
 static int load_all(struct vm *vm, const struct snap_image *img, const struct machine_desc *sd,
-		    const struct snapshot_restore_cfg *cfg, const char *mem_path, char *why,
-		    size_t wl)
+		    const struct snapshot_restore_cfg *cfg, const char *mem_path,
+		    const struct cpu_neutral *n, bool cross, char *why, size_t wl)
 {
 	int err = map_memory(vm, img, mem_path, why, wl);
 
 	if (!err)
-		err = check_model(vm, img, why, wl);
+		err = check_model(vm, img, n, cross, why, wl);
 	if (err)
 		return err;
 	err = machine_desc_build(vm, sd, cfg->console_fd, false);
@@ -196,7 +243,9 @@ static int load_all(struct vm *vm, const struct snap_image *img, const struct ma
 	if (!err)
 		err = load_vcpus(vm, img, why, wl);
 	if (!err) {
-		err = vm->cpu->restore_extra(vm, img->backend.data, img->backend.len);
+		/* From the other backend: its own record means nothing here. */
+		err = cross ? vm->cpu->import_neutral(vm, n)
+			    : vm->cpu->restore_extra(vm, img->backend.data, img->backend.len);
 		if (err)
 			why_set(why, wl, err, "bad interrupt controller/timer state");
 	}
@@ -259,7 +308,9 @@ int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char
 	struct vm_config vc;
 	struct snap_image img;
 	struct machine_desc sd;
+	struct cpu_neutral *n = NULL;
 	char *mem_path = NULL;
+	bool cross = false;
 	int err;
 
 	memset(vm, 0, sizeof(*vm)); /* vm_destroy() of a never-created VM is a no-op */
@@ -271,16 +322,10 @@ int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char
 		goto out;
 	vc.mem_size = img.hdr.mem_size;
 	vc.ncpus = (int)img.hdr.ncpus;
-	vc.cpu = backend_by_name(img.hdr.backend);
-	if (!vc.cpu) {
-		err = why_set(why, wl, -EINVAL, "unknown CPU backend '%s'", img.hdr.backend);
+	n = calloc(1, sizeof(*n));
+	err = n ? pick_backend(&img, cfg->accel, &vc, n, &cross, why, wl) : -ENOMEM;
+	if (err)
 		goto out;
-	}
-	if (vc.cpu == &cpu_backend_kvm && !cpu_kvm_has_hw_virt()) {
-		err =
-		    why_set(why, wl, -ENODEV, "taken on the kvm backend; this host cannot run it");
-		goto out;
-	}
 	mem_path =
 	    cfg->mem_path ? strdup(cfg->mem_path) : snapshot_default_mem_path(cfg->state_path);
 	if (!mem_path) {
@@ -292,10 +337,11 @@ int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char
 		why_set(why, wl, err, "cannot create the VM: %s", strerror(-err));
 		goto out;
 	}
-	err = load_all(vm, &img, &sd, cfg, mem_path, why, wl);
+	err = load_all(vm, &img, &sd, cfg, mem_path, n, cross, why, wl);
 	if (err)
 		vm_destroy(vm);
 out:
+	free(n);
 	free(mem_path);
 	machine_desc_clear(&sd);
 	snap_image_free(&img);

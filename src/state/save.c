@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "state/cpu_neutral.h"
 #include "state/state_int.h"
 #include "util/log.h"
 #include "vmm/vm.h"
@@ -88,6 +89,13 @@ static int build_state(struct vm *vm, const struct machine_desc *desc, struct sn
 		err = vm->cpu->save_extra(vm, &b);
 	if (!err)
 		snap_w_section(w, SNAP_SEC_BACKEND, 0, b.data, b.len);
+	dev_buf_free(&b);
+	if (!err)
+		err = cpu_neutral_save(vm, &b);
+	if (!err)
+		snap_w_section(w, SNAP_SEC_NEUTRAL, 0, b.data, b.len);
+	else if (err == -ENOTSUP) /* a backend without one: same-backend restore only */
+		err = 0;
 	dev_buf_free(&b);
 	if (!err)
 		err = save_devices(vm, w);

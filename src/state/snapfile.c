@@ -303,8 +303,11 @@ static int one_section(struct snap_image *img, uint32_t type, uint32_t index, co
 		img->cpu_model[len] = 0;
 		return 0;
 	case SNAP_SEC_MACHINE:
-	case SNAP_SEC_BACKEND: {
-		struct snap_blob *b = type == SNAP_SEC_MACHINE ? &img->machine : &img->backend;
+	case SNAP_SEC_BACKEND:
+	case SNAP_SEC_NEUTRAL: {
+		struct snap_blob *b = type == SNAP_SEC_MACHINE	 ? &img->machine
+				      : type == SNAP_SEC_BACKEND ? &img->backend
+								 : &img->neutral;
 
 		if (b->data)
 			return fail(why, "duplicate section", -EINVAL);

@@ -41,6 +41,7 @@ enum snap_section {
 	SNAP_SEC_VCPU = 3,	/* index = vCPU id; encoded struct cpu_state */
 	SNAP_SEC_BACKEND = 4,	/* CPU backend state beyond cpu_state (irqchip, MSRs) */
 	SNAP_SEC_DEVICE = 5,	/* index = position in the device list; name + device blob */
+	SNAP_SEC_NEUTRAL = 6,	/* backend-neutral CPU model and irqchip state (cpu_neutral.h) */
 };
 
 struct snap_header {
@@ -68,6 +69,7 @@ struct snap_image {
 	struct snap_header hdr;
 	char cpu_model[SNAP_MODEL_MAX + 1];
 	struct snap_blob machine, backend;
+	struct snap_blob neutral; /* optional: absent in snapshots of older tern */
 	struct snap_blob vcpu[SNAP_MAX_CPUS];
 	struct snap_dev_rec *devs;
 	unsigned ndevs;

@@ -71,6 +71,13 @@ struct snapshot_restore_cfg {
 	uint32_t clone_index;
 	const char *const *disk_paths;
 	unsigned ndisk_paths;
+	/*
+	 * The backend to restore on: "kvm", "emu", or NULL/"auto" (the
+	 * snapshot's if this host can run it, else the other). On the other
+	 * backend the snapshot's neutral record is used and the CPU must
+	 * offer every feature the guest was given (docs/snapshot-format.md).
+	 */
+	const char *accel;
 };
 
 /*

@@ -107,6 +107,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	if (!cfg->cpu || cfg->ncpus < 1 || cfg->ncpus > 255)
 		return -EINVAL;
 	vm->cpu = cfg->cpu;
+	vm->model = cfg->model;
 	vm->ncpus = cfg->ncpus;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);

@@ -77,7 +77,8 @@ struct device {
 struct vm {
 	struct guest_mem mem;
 	const struct cpu_backend *cpu;
-	void *backend; /* backend-private VM state */
+	struct cpu_model_cfg model; /* as created: what CPUID and the timers present */
+	void *backend;		    /* backend-private VM state */
 	int ncpus;
 	struct vcpu *vcpus;
 	struct io_bus pio, mmio;
@@ -103,6 +104,7 @@ struct vm_config {
 	uint64_t mem_size;
 	int ncpus;
 	const struct cpu_backend *cpu;
+	struct cpu_model_cfg model; /* zero: the backend's own CPU model */
 };
 
 int vm_create(struct vm *vm, const struct vm_config *cfg);

@@ -90,58 +90,6 @@ struct snapshot {
 	uint64_t clock;
 };
 
-/* A watchdog that kicks a vCPU after ms unless told the run is over. */
-struct kicker {
-	struct vcpu *vcpu;
-	unsigned ms;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool done;
-};
-
-static void *kick_later(void *arg)
-{
-	struct kicker *k = arg;
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += k->ms / 1000;
-	ts.tv_nsec += (long)(k->ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_mutex_lock(&k->lock);
-	while (!k->done && pthread_cond_timedwait(&k->cond, &k->lock, &ts) != ETIMEDOUT)
-		;
-	if (!k->done)
-		k->vcpu->vm->cpu->kick(k->vcpu);
-	pthread_mutex_unlock(&k->lock);
-	return NULL;
-}
-
-/* run() until it returns KICK, at the latest ms from now; returns how long it ran (s). */
-static double run_kicked(struct vcpu *v, unsigned ms)
-{
-	struct kicker k = {.vcpu = v, .ms = ms};
-	double t0 = test_now(), t;
-	pthread_t th;
-
-	pthread_mutex_init(&k.lock, NULL);
-	pthread_cond_init(&k.cond, NULL);
-	TEST_ASSERT(pthread_create(&th, NULL, kick_later, &k) == 0, "pthread_create");
-	vcpu_run_expect(v, VCPU_EXIT_KICK);
-	t = test_now() - t0;
-	pthread_mutex_lock(&k.lock);
-	k.done = true;
-	pthread_cond_signal(&k.cond);
-	pthread_mutex_unlock(&k.lock);
-	pthread_join(th, NULL);
-	pthread_mutex_destroy(&k.lock);
-	pthread_cond_destroy(&k.cond);
-	return t;
-}
-
 static uint64_t guest_u64(struct vm *vm, uint64_t off)
 {
 	uint64_t v;
@@ -347,7 +295,7 @@ static void test_ap_still_waiting(struct vm *vm, const struct cpu_state *saved)
 
 	TEST_ASSERT_EQ(mp_state(ap), KVM_MP_STATE_UNINITIALIZED);
 	/* Run it: it must sleep in KVM until kicked, having executed nothing. */
-	run_kicked(ap, 200);
+	test_run_kicked(ap, 200);
 	vcpu_get_state(ap, &st);
 	TEST_ASSERT_EQ(st.rip, saved->rip);
 	TEST_ASSERT_EQ(st.cs.base, saved->cs.base);
@@ -371,7 +319,7 @@ int main(void)
 	TEST_ASSERT_EQ(mp_state(&a.vcpus[1]), KVM_MP_STATE_UNINITIALIZED);
 
 	/* Let it count for a while (the timer has 0.4 s to go), then take the snapshot. */
-	run_kicked(&a.vcpus[0], 100);
+	test_run_kicked(&a.vcpus[0], 100);
 	TEST_ASSERT_EQ(dev_a.n, 1);
 	snapshot_take(&a, &s);
 	r12 = s.st[0].gpr[12];
@@ -415,7 +363,7 @@ int main(void)
 		    lapic_reg(&st, APIC_TMCCT), (unsigned long long)tmcct);
 
 	/* The timer fires with what it had left; the count went on meanwhile. */
-	fired = run_kicked(&b.vcpus[0], 5000);
+	fired = test_run_kicked(&b.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev_b.n, 1);
 	test_dev_expect(&dev_b, 0, 0, 1, true, 0x42);
 	TEST_ASSERT(fired < 4.0, "the timer fired after %.2f s", fired);
@@ -428,7 +376,7 @@ int main(void)
 	/* The IOAPIC routing the guest programmed before the snapshot still delivers. */
 	TEST_ASSERT_EQ(b.cpu->irq_line(&b, 5, 1), 0);
 	TEST_ASSERT_EQ(b.cpu->irq_line(&b, 5, 0), 0);
-	run_kicked(&b.vcpus[0], 5000);
+	test_run_kicked(&b.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev_b.n, 2);
 	test_dev_expect(&dev_b, 1, 0, 1, true, 0x41);
 	TEST_ASSERT_EQ(guest_u64(&b, D_PIN5), 1);

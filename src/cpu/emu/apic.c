@@ -335,15 +335,14 @@ static uint64_t timer_div(const struct emu_lapic *a)
 /* Host ns per timer count; at least 1 us per period to keep a hostile guest from storming. */
 static uint64_t timer_period_ns(const struct emu_lapic *a)
 {
-	uint64_t ns = (uint64_t)a->tmict * timer_div(a) * (1000000000ull / EMU_CRYSTAL_HZ);
+	uint64_t ns = (uint64_t)a->tmict * timer_div(a) * a->tick_ns;
 
 	return ns < 1000 ? 1000 : ns;
 }
 
 static uint64_t tsc_to_ns(struct emu_cpu *c, uint64_t tsc)
 {
-	/* EMU_TSC_HZ is 1 GHz: one tick per ns. */
-	return (uint64_t)((int64_t)tsc - c->sys.tsc_offset) + c->vm->sys.time_base;
+	return emu_tsc_to_ns(c->vm, (uint64_t)((int64_t)tsc - c->sys.tsc_offset));
 }
 
 static void post_self(struct emu_cpu *c, uint32_t lvt)
@@ -381,7 +380,7 @@ static uint32_t timer_current(const struct emu_lapic *a, uint64_t now)
 {
 	if (!a->tmict || LVT_TIMER_MODE(a->lvt[LVT_TIMER]) == TIMER_TSC_DEADLINE)
 		return 0;
-	uint64_t ticks = (now - a->timer_start) / (timer_div(a) * (1000000000ull / EMU_CRYSTAL_HZ));
+	uint64_t ticks = (now - a->timer_start) / (timer_div(a) * a->tick_ns);
 
 	if (LVT_TIMER_MODE(a->lvt[LVT_TIMER]) == TIMER_PERIODIC)
 		return a->tmict - (uint32_t)(ticks % a->tmict);
@@ -761,7 +760,7 @@ void emu_apic_load(struct emu_cpu *c, const uint8_t regs[1024])
 	if (a->tmict && LVT_TIMER_MODE(a->lvt[LVT_TIMER]) != TIMER_TSC_DEADLINE) {
 		/* Resume with the saved current count, not a full period. */
 		uint32_t cur = get32(regs, 0x390);
-		uint64_t tick = timer_div(a) * (1000000000ull / EMU_CRYSTAL_HZ);
+		uint64_t tick = timer_div(a) * a->tick_ns;
 
 		if (cur > a->tmict)
 			cur = a->tmict;

@@ -46,6 +46,11 @@ static int bk_vm_create(struct vm *vm)
 	err = emu_sys_vm_init(ev);
 	if (err)
 		goto fail_vm;
+	/* The emulator can run any TSC and timer rate: a moved guest keeps its own. */
+	if (vm->model.tsc_khz)
+		ev->sys.tsc_khz = vm->model.tsc_khz;
+	if (vm->model.apic_tick_ns)
+		ev->sys.apic_tick_ns = vm->model.apic_tick_ns;
 	ev->cpus = calloc((size_t)vm->ncpus, sizeof(*ev->cpus));
 	if (!ev->cpus) {
 		err = -ENOMEM;
@@ -196,4 +201,7 @@ const struct cpu_backend cpu_backend_emu = {
     .save_extra = emu_snap_save,
     .restore_extra = emu_snap_restore,
     .cpu_model = emu_snap_cpu_model,
+    .cpuid = emu_snap_cpuid,
+    .export_neutral = emu_snap_export,
+    .import_neutral = emu_snap_import,
 };

@@ -16,4 +16,10 @@ int emu_snap_save(struct vm *vm, struct dev_buf *out);
 int emu_snap_restore(struct vm *vm, const void *data, uint64_t len);
 int emu_snap_cpu_model(struct vm *vm, char *buf, unsigned len);
 
+/* The backend-neutral record (state/cpu_neutral.h). */
+struct cpu_neutral;
+void emu_snap_cpuid(struct vm *vm, uint32_t leaf, uint32_t sub, uint32_t out[4]);
+int emu_snap_export(struct vm *vm, struct cpu_neutral *n);
+int emu_snap_import(struct vm *vm, const struct cpu_neutral *n);
+
 #endif

@@ -38,6 +38,7 @@ struct emu_lapic {
 	uint32_t icr_lo, icr_hi;
 	uint32_t lvt[7]; /* timer, thermal, perf, LINT0, LINT1, error, CMCI */
 	uint32_t tmict, tdcr;
+	uint32_t tick_ns; /* timer input period: the VM's apic_tick_ns */
 	uint64_t timer_start; /* host ns when TMICT was written */
 	uint64_t timer_due;   /* host ns of the next expiry, 0 when idle */
 	uint64_t tsc_deadline;
@@ -74,6 +75,12 @@ struct emu_sys_vm {
 	pthread_mutex_t lock; /* IOAPIC; set up by emu_vm_init() */
 	struct emu_ioapic ioapic;
 	uint64_t time_base; /* host ns at TSC 0 */
+	/*
+	 * Guest TSC rate (default EMU_TSC_HZ) and LAPIC timer input period
+	 * (default 1 s / EMU_CRYSTAL_HZ): fixed per VM, so a guest taken from
+	 * a KVM host keeps the rates it calibrated to (cpu_model_cfg).
+	 */
+	uint32_t tsc_khz, apic_tick_ns;
 	uint32_t dead;	    /* atomic: vCPUs with sys.dead set; all of them: run() returns HLT */
 };
 
@@ -98,6 +105,9 @@ void emu_sys_cpu_destroy(struct emu_cpu *c);
 /* Time (sys_msr.c). */
 uint64_t emu_now_ns(void);
 uint64_t emu_rdtsc(struct emu_cpu *c);
+/* VM-wide TSC (no per-vCPU offset) <-> host monotonic ns, at the VM's TSC rate. */
+uint64_t emu_ns_to_tsc(const struct emu_vm *ev, uint64_t ns);
+uint64_t emu_tsc_to_ns(const struct emu_vm *ev, uint64_t tsc);
 
 /* Local APIC and IOAPIC (apic.c). */
 void emu_apic_reset(struct emu_cpu *c);

@@ -17,6 +17,7 @@
 
 #include "cpu/emu/emu.h"
 #include "cpu/emu/emu_snap.h"
+#include "state/cpu_neutral.h"
 #include "state/snapfile.h"
 #include "vmm/vm.h"
 
@@ -185,4 +186,97 @@ int emu_snap_cpu_model(struct vm *vm, char *buf, unsigned len)
 	}
 	n = snprintf(buf, len, "emu %.12s %08x %08x", (const char *)vendor, sig, crc);
 	return n < 0 || (unsigned)n >= len ? -ENOSPC : 0;
+}
+
+/* ------------------------------------------- the backend-neutral record */
+
+void emu_snap_cpuid(struct vm *vm, uint32_t leaf, uint32_t sub, uint32_t out[4])
+{
+	struct emu_vm *ev = vm->backend;
+
+	if (!ev->cpus[0]) {
+		memset(out, 0, 16);
+		return;
+	}
+	emu_cpuid(ev->cpus[0], leaf, sub, out);
+}
+
+static void export_cpu(struct emu_cpu *c, struct cpu_neutral_vcpu *o)
+{
+	struct emu_sys_cpu *s = &c->sys;
+
+	o->mp_state = s->wait_sipi ? CPU_MP_WAIT_SIPI : s->halted ? CPU_MP_HALTED : CPU_MP_RUNNABLE;
+	/* An NMI latched in the APIC but not yet taken is as pending as one in the core. */
+	pthread_mutex_lock(&s->apic.lock);
+	o->nmi_pending = s->nmi_pending || s->apic.nmi;
+	o->sipi_pending = s->apic.sipi;
+	o->sipi_vector = s->apic.sipi_vector;
+	pthread_mutex_unlock(&s->apic.lock);
+	o->nmi_blocked = s->nmi_blocked;
+	for (int i = 0; i < 6; i++)
+		o->dr[i] = c->dr[dr_index[i]];
+	o->tsc_aux = s->tsc_aux & 0xffffffffull;
+}
+
+int emu_snap_export(struct vm *vm, struct cpu_neutral *n)
+{
+	struct emu_vm *ev = vm->backend;
+
+	n->flags = vm->model.baseline ? CPU_NEUTRAL_BASELINE : 0;
+	n->tsc_khz = ev->sys.tsc_khz;
+	n->apic_tick_ns = ev->sys.apic_tick_ns;
+	pthread_mutex_lock(&ev->sys.lock);
+	n->ioapic_id = ev->sys.ioapic.id & 0xf;
+	n->ioapic_sel = ev->sys.ioapic.sel & 0xff;
+	n->ioapic_levels = ev->sys.ioapic.level & ((1u << EMU_SNAP_PINS) - 1);
+	memcpy(n->redir, ev->sys.ioapic.redir, sizeof(n->redir));
+	pthread_mutex_unlock(&ev->sys.lock);
+	n->ncpus = (uint32_t)ev->ncpus;
+	for (int i = 0; i < ev->ncpus; i++) {
+		if (!ev->cpus[i])
+			return -EINVAL;
+		export_cpu(ev->cpus[i], &n->cpu[i]);
+	}
+	return 0;
+}
+
+/* After set_state(): the parts of the record cpu_state has no room for. */
+static void import_cpu(struct emu_cpu *c, const struct cpu_neutral_vcpu *o)
+{
+	struct emu_sys_cpu *s = &c->sys;
+
+	s->wait_sipi = o->mp_state == CPU_MP_WAIT_SIPI;
+	if (o->mp_state == CPU_MP_HALTED)
+		s->halted = true;
+	s->nmi_pending = o->nmi_pending;
+	s->nmi_blocked = o->nmi_blocked;
+	s->tsc_aux = o->tsc_aux;
+	for (int i = 0; i < 6; i++)
+		c->dr[dr_index[i]] = o->dr[i];
+	pthread_mutex_lock(&s->apic.lock);
+	s->apic.sipi = o->sipi_pending;
+	s->apic.sipi_vector = o->sipi_vector;
+	pthread_mutex_unlock(&s->apic.lock);
+	__atomic_store_n(&s->pending_irq, 1, __ATOMIC_RELEASE);
+}
+
+int emu_snap_import(struct vm *vm, const struct cpu_neutral *n)
+{
+	struct emu_vm *ev = vm->backend;
+
+	if (n->ncpus != (uint32_t)ev->ncpus || (n->flags & CPU_NEUTRAL_LEGACY))
+		return -EINVAL;
+	for (int i = 0; i < ev->ncpus; i++) {
+		if (!ev->cpus[i])
+			return -EINVAL;
+	}
+	pthread_mutex_lock(&ev->sys.lock);
+	ev->sys.ioapic.id = n->ioapic_id & 0xf;
+	ev->sys.ioapic.sel = n->ioapic_sel & 0xff;
+	ev->sys.ioapic.level = n->ioapic_levels & ((1u << EMU_SNAP_PINS) - 1);
+	memcpy(ev->sys.ioapic.redir, n->redir, sizeof(ev->sys.ioapic.redir));
+	pthread_mutex_unlock(&ev->sys.lock);
+	for (int i = 0; i < ev->ncpus; i++)
+		import_cpu(ev->cpus[i], &n->cpu[i]);
+	return 0;
 }

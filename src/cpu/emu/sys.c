@@ -605,6 +605,8 @@ int emu_sys_vm_init(struct emu_vm *ev)
 	for (unsigned n = 0; n < IOAPIC_NUM_PINS; n++)
 		io->redir[n] = 1ull << 16; /* masked */
 	ev->sys.time_base = emu_now_ns();
+	ev->sys.tsc_khz = (uint32_t)(EMU_TSC_HZ / 1000);
+	ev->sys.apic_tick_ns = (uint32_t)(1000000000ull / EMU_CRYSTAL_HZ);
 	ev->sys.dead = 0;
 	return 0;
 }
@@ -633,6 +635,7 @@ int emu_sys_cpu_init(struct emu_cpu *c)
 		return -err;
 	}
 	s->delivering = -1;
+	s->apic.tick_ns = c->vm->sys.apic_tick_ns;
 	s->pat = 0x0007040600070406ull;
 	s->misc_enable = 1 | (1ull << 11) | (1ull << 12); /* fast strings; no BTS, no PEBS */
 	s->mtrr_def_type = 0xc06;			  /* enabled, fixed enabled, WB */
@@ -752,7 +755,7 @@ void emu_set_state(struct emu_cpu *c, const struct cpu_state *st)
 	 * KVM does when it synchronizes such writes.
 	 */
 	if (st->tsc)
-		s->tsc_offset = (int64_t)(st->tsc - (emu_now_ns() - c->vm->sys.time_base));
+		s->tsc_offset = (int64_t)(st->tsc - emu_ns_to_tsc(c->vm, emu_now_ns()));
 	if (!all_zero(st->fxsave, sizeof(st->fxsave)))
 		emu_fpu_from_fxsave(c, st->fxsave);
 	if (!all_zero(st->lapic + 0x30, 4)) {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu/emu/emu_cpuid.h"
 #include "cpu/emu/sys_int.h"
 
 uint64_t emu_now_ns(void)
@@ -21,10 +22,28 @@ uint64_t emu_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* EMU_TSC_HZ is 1 GHz, so the TSC is nanoseconds since VM creation plus the guest's offset. */
+/* TSC ticks since VM creation at host monotonic time ns (1 GHz: ns). */
+uint64_t emu_ns_to_tsc(const struct emu_vm *ev, uint64_t ns)
+{
+	uint64_t d = ns - ev->sys.time_base;
+
+	if (ev->sys.tsc_khz == 1000000)
+		return d;
+	return (uint64_t)((unsigned __int128)d * ev->sys.tsc_khz / 1000000u);
+}
+
+/* Host monotonic ns at which the VM-wide TSC (no per-vCPU offset) reads tsc. */
+uint64_t emu_tsc_to_ns(const struct emu_vm *ev, uint64_t tsc)
+{
+	if (ev->sys.tsc_khz == 1000000)
+		return tsc + ev->sys.time_base;
+	return (uint64_t)((unsigned __int128)tsc * 1000000u / ev->sys.tsc_khz) + ev->sys.time_base;
+}
+
+/* The TSC: ticks since VM creation plus the guest's offset. */
 uint64_t emu_rdtsc(struct emu_cpu *c)
 {
-	return emu_now_ns() - c->vm->sys.time_base + (uint64_t)c->sys.tsc_offset;
+	return emu_ns_to_tsc(c->vm, emu_now_ns()) + (uint64_t)c->sys.tsc_offset;
 }
 
 /* ---- CPUID ---- */
@@ -72,9 +91,9 @@ static void put_str(uint32_t out[4], const char *s)
 }
 
 /* APIC-ID bits that number the cores of the one package. */
-static unsigned core_shift(const struct emu_cpu *c)
+static unsigned core_shift(const struct emu_cpuid_ctx *x)
 {
-	unsigned n = c->vm->ncpus > 1 ? (unsigned)c->vm->ncpus : 1, shift = 0;
+	unsigned n = x->ncpus > 1 ? x->ncpus : 1, shift = 0;
 
 	while ((1u << shift) < n)
 		shift++;
@@ -86,21 +105,34 @@ static unsigned core_shift(const struct emu_cpu *c)
  * shares what it measured on the boot CPU (loops_per_jiffy) with the APs
  * instead of calibrating again.
  */
-static void topology_leaf(const struct emu_cpu *c, uint32_t sub, uint32_t out[4])
+static void topology_leaf(const struct emu_cpuid_ctx *x, uint32_t sub, uint32_t out[4])
 {
 	out[2] = sub & 0xff;
-	out[3] = c->sys.apic.id;
+	out[3] = x->apic_id;
 	if (sub == 0) {
 		out[1] = 1;
 		out[2] |= 1u << 8; /* SMT level */
 	} else if (sub == 1) {
-		out[0] = core_shift(c);
-		out[1] = (uint32_t)(c->vm->ncpus > 1 ? c->vm->ncpus : 1);
+		out[0] = core_shift(x);
+		out[1] = x->ncpus > 1 ? x->ncpus : 1;
 		out[2] |= 2u << 8; /* core level */
 	}
 }
 
-void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
+/*
+ * Leaf 0x15: TSC = crystal * EBX / EAX with the crystal the LAPIC timer's
+ * input, so Linux calibrates neither (1 GHz TSC, 25 MHz crystal by default).
+ */
+static void timing_leaf(const struct emu_cpuid_ctx *x, uint32_t out[4])
+{
+	uint32_t crystal_khz = 1000000u / (x->apic_tick_ns ? x->apic_tick_ns : 1);
+
+	out[0] = crystal_khz;
+	out[1] = x->tsc_khz;
+	out[2] = crystal_khz * 1000u;
+}
+
+void emu_cpuid_model(const struct emu_cpuid_ctx *x, uint32_t leaf, uint32_t sub, uint32_t out[4])
 {
 	static const char brand[48] = "tern virtual CPU @ 1.00GHz";
 
@@ -115,12 +147,12 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 	case 1:
 		out[0] = STEPPING | (MODEL & 0xf) << 4 | FAMILY << 8 | (MODEL >> 4) << 16;
 		/* CLFLUSH line 8 qwords; logical IDs per package; APIC id. */
-		out[1] = 8u << 8 | (1u << core_shift(c)) << 16 | (c->sys.apic.id & 0xff) << 24;
+		out[1] = 8u << 8 | (1u << core_shift(x)) << 16 | (x->apic_id & 0xff) << 24;
 		out[2] = F1_ECX;
-		out[3] = F1_EDX | (c->vm->ncpus > 1 ? 1u << 28 : 0); /* HTT: several per package */
+		out[3] = F1_EDX | (x->ncpus > 1 ? 1u << 28 : 0); /* HTT: several per package */
 		break;
 	case 0xb:
-		topology_leaf(c, sub, out);
+		topology_leaf(x, sub, out);
 		break;
 	case 6:
 		out[0] = 1u << 2; /* ARAT: the APIC timer keeps running in idle */
@@ -132,12 +164,10 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 		}
 		break;
 	case 0x15:
-		out[0] = 1;
-		out[1] = EMU_TSC_RATIO;
-		out[2] = (uint32_t)EMU_CRYSTAL_HZ;
+		timing_leaf(x, out);
 		break;
 	case 0x16:
-		out[0] = (uint32_t)(EMU_TSC_HZ / 1000000);
+		out[0] = x->tsc_khz / 1000;
 		out[1] = out[0];
 		out[2] = 100;
 		break;
@@ -147,8 +177,8 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 		memcpy(&out[1], "TernTernTern", 12);
 		break;
 	case 0x40000010:
-		out[0] = (uint32_t)(EMU_TSC_HZ / 1000);	    /* TSC kHz */
-		out[1] = (uint32_t)(EMU_CRYSTAL_HZ / 1000); /* APIC timer kHz */
+		out[0] = x->tsc_khz;					     /* TSC kHz */
+		out[1] = 1000000u / (x->apic_tick_ns ? x->apic_tick_ns : 1); /* APIC timer kHz */
 		break;
 	case 0x80000000:
 		out[0] = 0x80000008;
@@ -171,6 +201,18 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 	default:
 		break;
 	}
+}
+
+void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
+{
+	const struct emu_cpuid_ctx x = {
+	    .ncpus = c->vm->ncpus > 1 ? (uint32_t)c->vm->ncpus : 1,
+	    .apic_id = c->sys.apic.id,
+	    .tsc_khz = c->vm->sys.tsc_khz,
+	    .apic_tick_ns = c->vm->sys.apic_tick_ns,
+	};
+
+	emu_cpuid_model(&x, leaf, sub, out);
 }
 
 /* ---- MSRs ---- */
@@ -366,7 +408,7 @@ bool emu_msr_write(struct emu_cpu *c, uint32_t idx, uint64_t v)
 	case MSR_TSC: {
 		int64_t old = s->tsc_offset;
 
-		s->tsc_offset = (int64_t)(v - (emu_now_ns() - c->vm->sys.time_base));
+		s->tsc_offset = (int64_t)(v - emu_ns_to_tsc(c->vm, emu_now_ns()));
 		s->tsc_adjust += (uint64_t)(s->tsc_offset - old);
 		/* A moved TSC moves the deadline's host time. */
 		emu_apic_set_deadline(c, emu_apic_get_deadline(c));

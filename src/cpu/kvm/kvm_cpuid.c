@@ -12,12 +12,19 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "cpu/emu/emu_cpuid.h"
 #include "util/log.h"
 
 /* Room for the topology subleaves added per vCPU. */
 #define KVM_CPUID_EXTRA 8
 
-int kvm_cpuid_load(struct kvm_vm_priv *kv)
+/* Not in every kernel header yet (Linux 6.11). */
+#ifndef KVM_CAP_X86_APIC_BUS_CYCLES_NS
+#define KVM_CAP_X86_APIC_BUS_CYCLES_NS 232
+#endif
+#define KVM_APIC_TICK_NS 1 /* KVM's LAPIC timer runs at 1 GHz unless told otherwise */
+
+static int cpuid_load_supported(struct kvm_vm_priv *kv)
 {
 	for (uint32_t n = 64; n <= 4096; n *= 2) {
 		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
@@ -36,6 +43,131 @@ int kvm_cpuid_load(struct kvm_vm_priv *kv)
 		}
 	}
 	return -E2BIG;
+}
+
+const struct kvm_cpuid_entry2 *kvm_cpuid_find(const struct kvm_cpuid2 *c, uint32_t fn, uint32_t idx)
+{
+	for (uint32_t i = 0; i < c->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &c->entries[i];
+
+		if (e->function == fn &&
+		    (!(e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) || e->index == idx))
+			return e;
+	}
+	return NULL;
+}
+
+/* The emulator's leaves, as (leaf, subleaf); 0xB is rewritten per vCPU later. */
+static const uint32_t baseline_leaves[][2] = {
+    {0, 0},	     {1, 0},	      {6, 0},	       {7, 0},
+    {0xb, 0},	     {0x15, 0},	      {0x16, 0},       {0x40000000, 0},
+    {0x40000010, 0}, {0x80000000, 0}, {0x80000001, 0}, {0x80000002, 0},
+    {0x80000003, 0}, {0x80000004, 0}, {0x80000007, 0}, {0x80000008, 0},
+};
+
+/* Feature words (register masks per leaf: bit 0 eax .. 3 edx) limited to what KVM offers. */
+static uint8_t feature_regs(uint32_t fn)
+{
+	switch (fn) {
+	case 1:
+		return 0xc;
+	case 6:
+		return 0x1;
+	case 7:
+		return 0xe;
+	case 0x80000001:
+	case 0x80000007:
+		return 0xc;
+	default:
+		return 0;
+	}
+}
+
+static void baseline_entry(const struct kvm_cpuid2 *host, const struct emu_cpuid_ctx *x,
+			   const uint32_t id[2], struct kvm_cpuid_entry2 *e)
+{
+	const struct kvm_cpuid_entry2 *h = kvm_cpuid_find(host, id[0], id[1]);
+	uint32_t r[4], hr[4] = {0};
+	uint8_t regs = feature_regs(id[0]);
+
+	emu_cpuid_model(x, id[0], id[1], r);
+	if (h) {
+		hr[0] = h->eax;
+		hr[1] = h->ebx;
+		hr[2] = h->ecx;
+		hr[3] = h->edx;
+	}
+	for (int j = 0; j < 4; j++) {
+		if (regs >> j & 1)
+			r[j] &= hr[j];
+	}
+	if (id[0] == 1)
+		r[2] |= 1u << 31; /* "running under a hypervisor": true on either backend */
+	if (id[0] == 0x80000008 && h) {
+		/* Address widths: the smaller of the two. */
+		if ((h->eax & 0xff) < (r[0] & 0xff))
+			r[0] = (r[0] & ~0xffu) | (h->eax & 0xff);
+		if ((h->eax >> 8 & 0xff) < (r[0] >> 8 & 0xff))
+			r[0] = (r[0] & ~0xff00u) | (h->eax & 0xff00);
+	}
+	*e = (struct kvm_cpuid_entry2){.function = id[0], .index = id[1]};
+	if (id[0] == 7 || id[0] == 0xb)
+		e->flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+	e->eax = r[0];
+	e->ebx = r[1];
+	e->ecx = r[2];
+	e->edx = r[3];
+}
+
+/* Replace kv->cpuid by the emulator's model (timing leaves fixed per vCPU later). */
+static int cpuid_baseline(struct kvm_vm_priv *kv, int ncpus)
+{
+	const unsigned n = sizeof(baseline_leaves) / sizeof(baseline_leaves[0]);
+	const struct emu_cpuid_ctx x = {.ncpus = ncpus > 0 ? (uint32_t)ncpus : 1,
+					.tsc_khz = kv->model.tsc_khz,
+					.apic_tick_ns = kv->model.apic_tick_ns};
+	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
+
+	if (!c)
+		return -ENOMEM;
+	c->nent = n;
+	for (unsigned i = 0; i < n; i++)
+		baseline_entry(kv->cpuid, &x, baseline_leaves[i], &c->entries[i]);
+	free(kv->cpuid);
+	kv->cpuid = c;
+	return 0;
+}
+
+/* The LAPIC timer's input period; KVM's own (1 ns) needs nothing. */
+static int set_apic_tick(struct kvm_vm_priv *kv)
+{
+	struct kvm_enable_cap cap = {.cap = KVM_CAP_X86_APIC_BUS_CYCLES_NS,
+				     .args = {kv->model.apic_tick_ns}};
+
+	if (kv->model.apic_tick_ns == KVM_APIC_TICK_NS)
+		return 0;
+	if (!kv->irqchip || ioctl(kv->vm_fd, KVM_ENABLE_CAP, &cap) < 0) {
+		pr_err("kvm: cannot run the LAPIC timer at %u ns per tick (KVM's is %u ns): %s",
+		       kv->model.apic_tick_ns, KVM_APIC_TICK_NS,
+		       kv->irqchip ? strerror(errno) : "no in-kernel irqchip");
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+int kvm_cpuid_load(struct kvm_vm_priv *kv, const struct cpu_model_cfg *model, int ncpus)
+{
+	int rc = cpuid_load_supported(kv);
+
+	kv->model = *model;
+	/* KVM's own timer rate unless asked: not every KVM can change it. */
+	if (!kv->model.apic_tick_ns)
+		kv->model.apic_tick_ns = KVM_APIC_TICK_NS;
+	if (!rc && model->baseline)
+		rc = cpuid_baseline(kv, ncpus);
+	if (!rc)
+		rc = set_apic_tick(kv);
+	return rc;
 }
 
 /* Bits needed to number n things (APIC ID field width). */
@@ -168,6 +300,53 @@ static void vendor_of(const struct kvm_cpuid2 *c, struct topo *t)
 	}
 }
 
+/*
+ * The guest's TSC rate: the model's if it names one (needs TSC scaling
+ * unless it is this host's), else what KVM gives the first vCPU.
+ */
+static int tsc_rate(struct kvm_vm_priv *kv, int fd)
+{
+	int now = ioctl(fd, KVM_GET_TSC_KHZ, 0);
+
+	if (now <= 0)
+		return kv->model.tsc_khz ? -ENOTSUP : 0;
+	if (!kv->model.tsc_khz) {
+		kv->model.tsc_khz = (uint32_t)now;
+		return 0;
+	}
+	if ((uint32_t)now == kv->model.tsc_khz)
+		return 0;
+	if (ioctl(fd, KVM_SET_TSC_KHZ, (unsigned long)kv->model.tsc_khz) < 0) {
+		pr_err("kvm: cannot run the guest's TSC at %u kHz: this host's runs at %d kHz "
+		       "and KVM cannot scale it (%s)",
+		       kv->model.tsc_khz, now, strerror(errno));
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+/* The emulator's timing leaves say the rates this VM really runs at. */
+static void baseline_timing(struct kvm_vm_priv *kv, uint32_t ncpus)
+{
+	static const uint32_t leaves[] = {0x15, 0x16, 0x40000010};
+	const struct emu_cpuid_ctx x = {
+	    .ncpus = ncpus, .tsc_khz = kv->model.tsc_khz, .apic_tick_ns = kv->model.apic_tick_ns};
+
+	for (unsigned i = 0; i < sizeof(leaves) / sizeof(leaves[0]); i++) {
+		struct kvm_cpuid_entry2 *e =
+		    (struct kvm_cpuid_entry2 *)kvm_cpuid_find(kv->cpuid, leaves[i], 0);
+		uint32_t r[4];
+
+		if (!e)
+			continue;
+		emu_cpuid_model(&x, leaves[i], 0, r);
+		e->eax = r[0];
+		e->ebx = r[1];
+		e->ecx = r[2];
+		e->edx = r[3];
+	}
+}
+
 int kvm_cpuid_set(struct vcpu *vcpu)
 {
 	struct kvm_vm_priv *kv = kvm_vm(vcpu->vm);
@@ -178,6 +357,11 @@ int kvm_cpuid_set(struct vcpu *vcpu)
 	struct kvm_cpuid2 *c;
 	int rc;
 
+	rc = tsc_rate(kv, kvm_vcpu(vcpu)->fd);
+	if (rc)
+		return rc;
+	if (kv->model.baseline)
+		baseline_timing(kv, t.ncpus);
 	t.core_bits = id_bits(t.ncpus);
 	vendor_of(kv->cpuid, &t);
 	c = calloc(1, sizeof(*c) +

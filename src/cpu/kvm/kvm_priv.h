@@ -45,6 +45,7 @@ struct kvm_vm_priv {
 	uint32_t *msr_index;	  /* MSRs this KVM can save and restore, sorted */
 	uint32_t nmsr_index;
 	int xsave_size; /* bytes of KVM_GET_XSAVE(2), 0 when only KVM_GET_FPU works */
+	struct cpu_model_cfg model; /* the VM's; tsc_khz and apic_tick_ns filled in */
 };
 
 struct kvm_vcpu_priv {
@@ -77,7 +78,14 @@ int kvm_ioctl_name(int fd, unsigned long req, void *arg, const char *name);
 bool kvm_msr_supported(struct kvm_vm_priv *kv, uint32_t index);
 
 /* kvm_cpuid.c */
-int kvm_cpuid_load(struct kvm_vm_priv *kv);
+/*
+ * Load what KVM supports and, for model->baseline, turn it into the
+ * emulator's CPU model; set the LAPIC timer rate the model asks for.
+ */
+int kvm_cpuid_load(struct kvm_vm_priv *kv, const struct cpu_model_cfg *model, int ncpus);
+/* The CPUID entry for (fn, idx) in c, or NULL. */
+const struct kvm_cpuid_entry2 *kvm_cpuid_find(const struct kvm_cpuid2 *c, uint32_t fn,
+					      uint32_t idx);
 int kvm_cpuid_set(struct vcpu *vcpu);
 
 /* kvm_vcpu.c */
@@ -97,5 +105,9 @@ int kvm_xsave_get(struct kvm_vm_priv *kv, int fd, void *buf);
 int kvm_snap_save(struct vm *vm, struct dev_buf *out);
 int kvm_snap_restore(struct vm *vm, const void *data, uint64_t len);
 int kvm_snap_cpu_model(struct vm *vm, char *buf, unsigned len);
+struct cpu_neutral;
+void kvm_snap_cpuid(struct vm *vm, uint32_t leaf, uint32_t sub, uint32_t out[4]);
+int kvm_snap_export(struct vm *vm, struct cpu_neutral *n);
+int kvm_snap_import(struct vm *vm, const struct cpu_neutral *n);
 
 #endif

@@ -45,6 +45,7 @@
 #include <zlib.h>
 
 #include "arch/x86/layout.h"
+#include "state/cpu_neutral.h"
 #include "state/snapfile.h"
 #include "util/log.h"
 
@@ -60,6 +61,7 @@
 #define MSR_IA32_TSC_DEADLINE 0x6e0
 #define MSR_KVM_WALL_CLOCK_NEW 0x4b564d00
 #define MSR_KVM_ASYNC_PF_INT 0x4b564d06
+#define MSR_TSC_AUX 0xc0000103
 
 struct ksnap_cpu {
 	uint32_t tsc_khz, mp_state;
@@ -810,19 +812,6 @@ int kvm_snap_restore(struct vm *vm, const void *data, uint64_t len)
 
 /* ------------------------------------------------------------- CPU model */
 
-static const struct kvm_cpuid_entry2 *cpuid_find(const struct kvm_cpuid2 *c, uint32_t fn,
-						 uint32_t idx)
-{
-	for (uint32_t i = 0; i < c->nent; i++) {
-		const struct kvm_cpuid_entry2 *e = &c->entries[i];
-
-		if (e->function == fn &&
-		    (!(e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) || e->index == idx))
-			return e;
-	}
-	return NULL;
-}
-
 /*
  * The feature words the guest is given: what a guest may have detected at
  * boot and relies on. Topology fields (APIC IDs, counts) are left out: they
@@ -841,7 +830,7 @@ static uint32_t feature_crc(const struct kvm_cpuid2 *c)
 	uint32_t crc = 0;
 
 	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
-		const struct kvm_cpuid_entry2 *e = cpuid_find(c, words[i].fn, words[i].idx);
+		const struct kvm_cpuid_entry2 *e = kvm_cpuid_find(c, words[i].fn, words[i].idx);
 		const uint32_t r[4] = {e ? e->eax : 0, e ? e->ebx : 0, e ? e->ecx : 0,
 				       e ? e->edx : 0};
 
@@ -858,7 +847,7 @@ static uint32_t feature_crc(const struct kvm_cpuid2 *c)
 int kvm_snap_cpu_model(struct vm *vm, char *buf, unsigned len)
 {
 	const struct kvm_cpuid2 *c = kvm_vm(vm)->cpuid;
-	const struct kvm_cpuid_entry2 *l0 = cpuid_find(c, 0, 0), *l1 = cpuid_find(c, 1, 0);
+	const struct kvm_cpuid_entry2 *l0 = kvm_cpuid_find(c, 0, 0), *l1 = kvm_cpuid_find(c, 1, 0);
 	uint32_t vendor[3], fam, model;
 	int n;
 
@@ -876,4 +865,188 @@ int kvm_snap_cpu_model(struct vm *vm, char *buf, unsigned len)
 	n = snprintf(buf, len, "kvm %.12s %u-%u %08x", (const char *)vendor, fam, model,
 		     feature_crc(c));
 	return n < 0 || (unsigned)n >= len ? -ENOSPC : 0;
+}
+
+/* ------------------------------------------- the backend-neutral record */
+
+void kvm_snap_cpuid(struct vm *vm, uint32_t leaf, uint32_t sub, uint32_t out[4])
+{
+	const struct kvm_cpuid_entry2 *e = kvm_cpuid_find(kvm_vm(vm)->cpuid, leaf, sub);
+
+	out[0] = e ? e->eax : 0;
+	out[1] = e ? e->ebx : 0;
+	out[2] = e ? e->ecx : 0;
+	out[3] = e ? e->edx : 0;
+	/* As kvm_cpuid_set() gives every vCPU: HTT says the package has several. */
+	if (leaf == 1 && e)
+		out[3] = vm->ncpus > 1 ? out[3] | 1u << 28 : out[3] & ~(1u << 28);
+}
+
+static int msr_get1(int fd, uint32_t index, uint64_t *v)
+{
+	struct {
+		struct kvm_msrs hdr;
+		struct kvm_msr_entry e[1];
+	} b = {.hdr.nmsrs = 1, .e = {{.index = index}}};
+
+	if (ioctl(fd, KVM_GET_MSRS, &b) != 1)
+		return -EIO;
+	*v = b.e[0].data;
+	return 0;
+}
+
+/*
+ * Has the guest used the 8259 PIC or the 8254 PIT (which the emulator does
+ * not have)? An initialized, unmasked PIC or a programmed PIT channel says so.
+ */
+static int legacy_in_use(struct kvm_vm_priv *kv, bool *used)
+{
+	struct kvm_irqchip pic = {.chip_id = KVM_IRQCHIP_PIC_MASTER};
+	struct kvm_pit_state2 ps;
+	bool pit;
+	int rc = KVM_IOCTL(kv->vm_fd, KVM_GET_IRQCHIP, &pic);
+
+	if (rc >= 0)
+		rc = pit_get(kv, &ps, &pit);
+	if (rc < 0)
+		return rc;
+	*used = pic.chip.pic.irq_base && pic.chip.pic.imr != 0xff;
+	for (int i = 0; pit && i < 3; i++)
+		*used |= ps.channels[i].mode <= 5 && ps.channels[i].count;
+	return 0;
+}
+
+static int export_ioapic(struct kvm_vm_priv *kv, struct cpu_neutral *n)
+{
+	struct kvm_irqchip c = {.chip_id = KVM_IRQCHIP_IOAPIC};
+	const struct kvm_ioapic_state *io = &c.chip.ioapic;
+	int rc = KVM_IOCTL(kv->vm_fd, KVM_GET_IRQCHIP, &c);
+
+	if (rc < 0)
+		return rc;
+	n->ioapic_id = io->id & 0xf;
+	n->ioapic_sel = io->ioregsel & 0xff;
+	/* KVM's irr holds the lines that are asserted (level) or latched (edge). */
+	n->ioapic_levels = io->irr & ((1u << CPU_NEUTRAL_PINS) - 1);
+	for (int i = 0; i < CPU_NEUTRAL_PINS; i++)
+		n->redir[i] = io->redirtbl[i].bits;
+	return 0;
+}
+
+static int export_cpu(struct kvm_vm_priv *kv, int fd, struct cpu_neutral_vcpu *o)
+{
+	struct kvm_mp_state mp = {.mp_state = KVM_MP_STATE_RUNNABLE};
+	struct kvm_vcpu_events ev;
+	struct kvm_debugregs dr;
+	int rc = kv->irqchip ? KVM_IOCTL(fd, KVM_GET_MP_STATE, &mp) : 0;
+
+	if (rc >= 0)
+		rc = KVM_IOCTL(fd, KVM_GET_VCPU_EVENTS, &ev);
+	if (rc >= 0)
+		rc = KVM_IOCTL(fd, KVM_GET_DEBUGREGS, &dr);
+	if (rc < 0)
+		return rc;
+	if (msr_get1(fd, MSR_TSC_AUX, &o->tsc_aux))
+		o->tsc_aux = 0; /* a CPU without RDTSCP */
+	o->tsc_aux &= 0xffffffffull;
+	o->mp_state = mp.mp_state == KVM_MP_STATE_HALTED     ? CPU_MP_HALTED
+		      : mp.mp_state == KVM_MP_STATE_RUNNABLE ? CPU_MP_RUNNABLE
+							     : CPU_MP_WAIT_SIPI;
+	o->nmi_pending = ev.nmi.pending || ev.nmi.injected;
+	o->nmi_blocked = ev.nmi.masked & 1;
+	o->sipi_pending = mp.mp_state == KVM_MP_STATE_SIPI_RECEIVED;
+	o->sipi_vector = (uint8_t)ev.sipi_vector;
+	for (int i = 0; i < 4; i++)
+		o->dr[i] = dr.db[i];
+	o->dr[4] = dr.dr6 & 0xffffffffull;
+	o->dr[5] = dr.dr7 & 0xffffffffull;
+	return 0;
+}
+
+int kvm_snap_export(struct vm *vm, struct cpu_neutral *n)
+{
+	struct kvm_vm_priv *kv = kvm_vm(vm);
+	bool legacy = false;
+	int rc;
+
+	if (!kv->irqchip)
+		return -ENOTSUP; /* no IOAPIC or LAPIC to describe */
+	rc = legacy_in_use(kv, &legacy);
+	if (!rc)
+		rc = export_ioapic(kv, n);
+	if (rc)
+		return rc;
+	n->flags =
+	    (kv->model.baseline ? CPU_NEUTRAL_BASELINE : 0) | (legacy ? CPU_NEUTRAL_LEGACY : 0);
+	n->tsc_khz = kv->model.tsc_khz;
+	n->apic_tick_ns = kv->model.apic_tick_ns;
+	for (int i = 0; !rc && i < vm->ncpus; i++) {
+		if (!vm->vcpus[i].backend)
+			return -EINVAL;
+		rc = export_cpu(kv, kvm_vcpu(&vm->vcpus[i])->fd, &n->cpu[i]);
+	}
+	return rc;
+}
+
+static int import_ioapic(struct kvm_vm_priv *kv, const struct cpu_neutral *n)
+{
+	struct kvm_irqchip c = {.chip_id = KVM_IRQCHIP_IOAPIC};
+	struct kvm_ioapic_state *io = &c.chip.ioapic;
+	int rc = KVM_IOCTL(kv->vm_fd, KVM_GET_IRQCHIP, &c);
+
+	if (rc < 0)
+		return rc;
+	io->id = n->ioapic_id;
+	io->ioregsel = n->ioapic_sel;
+	io->irr = n->ioapic_levels;
+	for (int i = 0; i < CPU_NEUTRAL_PINS; i++)
+		io->redirtbl[i].bits = n->redir[i];
+	rc = KVM_IOCTL(kv->vm_fd, KVM_SET_IRQCHIP, &c);
+	return rc < 0 ? rc : 0;
+}
+
+static int import_cpu(int fd, const struct cpu_neutral_vcpu *o)
+{
+	static const uint32_t mp_of[] = {KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED,
+					 KVM_MP_STATE_INIT_RECEIVED};
+	struct kvm_mp_state mp = {.mp_state = o->sipi_pending ? KVM_MP_STATE_SIPI_RECEIVED
+							      : mp_of[o->mp_state]};
+	struct kvm_vcpu_events ev;
+	struct kvm_debugregs dr = {.dr6 = o->dr[4], .dr7 = o->dr[5]};
+	struct kvm_msr_entry aux = {.index = MSR_TSC_AUX, .data = o->tsc_aux};
+	int rc;
+
+	/* An AP never started waits for its INIT/SIPI in KVM as UNINITIALIZED. */
+	if (o->mp_state == CPU_MP_WAIT_SIPI && !o->sipi_pending)
+		mp.mp_state = KVM_MP_STATE_UNINITIALIZED;
+	memcpy(dr.db, o->dr, sizeof(dr.db));
+	rc = KVM_IOCTL(fd, KVM_SET_DEBUGREGS, &dr);
+	if (rc >= 0 && o->tsc_aux)
+		rc = msr_restore_one(fd, &aux);
+	if (rc >= 0)
+		rc = KVM_IOCTL(fd, KVM_SET_MP_STATE, &mp);
+	if (rc >= 0)
+		rc = KVM_IOCTL(fd, KVM_GET_VCPU_EVENTS, &ev);
+	if (rc < 0)
+		return rc;
+	ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+	ev.nmi.pending = o->nmi_pending;
+	ev.nmi.injected = 0;
+	ev.nmi.masked = o->nmi_blocked;
+	ev.sipi_vector = o->sipi_vector;
+	rc = KVM_IOCTL(fd, KVM_SET_VCPU_EVENTS, &ev);
+	return rc < 0 ? rc : 0;
+}
+
+int kvm_snap_import(struct vm *vm, const struct cpu_neutral *n)
+{
+	struct kvm_vm_priv *kv = kvm_vm(vm);
+	int rc;
+
+	if (!kv->irqchip || n->ncpus != (uint32_t)vm->ncpus)
+		return -EINVAL;
+	rc = import_ioapic(kv, n);
+	for (int i = 0; !rc && i < vm->ncpus; i++)
+		rc = import_cpu(kvm_vcpu(&vm->vcpus[i])->fd, &n->cpu[i]);
+	return rc;
 }

@@ -227,7 +227,7 @@ static int kvm_vm_create_common(struct vm *vm, bool irqchip)
 		rc = kvm_add_slot(kv, vm, KVM_SLOT_HIGH, MEM_HIGH_START, vm->mem.high_size,
 				  vm->mem.low_size);
 	if (!rc)
-		rc = kvm_cpuid_load(kv);
+		rc = kvm_cpuid_load(kv, &vm->model, vm->ncpus);
 	if (!rc)
 		rc = kvm_load_msr_index(kv);
 	if (!rc) {
@@ -420,6 +420,9 @@ const struct cpu_backend cpu_backend_kvm = {
     .save_extra = kvm_snap_save,
     .restore_extra = kvm_snap_restore,
     .cpu_model = kvm_snap_cpu_model,
+    .cpuid = kvm_snap_cpuid,
+    .export_neutral = kvm_snap_export,
+    .import_neutral = kvm_snap_import,
 };
 
 const struct cpu_backend cpu_backend_kvm_noirqchip = {

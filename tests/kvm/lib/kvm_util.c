@@ -2,6 +2,7 @@
 #include "kvm/lib/kvm_util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
@@ -218,3 +219,56 @@ double test_now(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+/* A watchdog that kicks a vCPU after ms unless told the run is over. */
+struct kicker {
+	struct vcpu *vcpu;
+	unsigned ms;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+};
+
+static void *kick_later(void *arg)
+{
+	struct kicker *k = arg;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += k->ms / 1000;
+	ts.tv_nsec += (long)(k->ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&k->lock);
+	while (!k->done && pthread_cond_timedwait(&k->cond, &k->lock, &ts) != ETIMEDOUT)
+		;
+	if (!k->done)
+		k->vcpu->vm->cpu->kick(k->vcpu);
+	pthread_mutex_unlock(&k->lock);
+	return NULL;
+}
+
+/* run() until it returns KICK, at the latest ms from now; returns how long it ran (s). */
+double test_run_kicked(struct vcpu *v, unsigned ms)
+{
+	struct kicker k = {.vcpu = v, .ms = ms};
+	double t0 = test_now(), t;
+	pthread_t th;
+
+	pthread_mutex_init(&k.lock, NULL);
+	pthread_cond_init(&k.cond, NULL);
+	TEST_ASSERT(pthread_create(&th, NULL, kick_later, &k) == 0, "pthread_create");
+	vcpu_run_expect(v, VCPU_EXIT_KICK);
+	t = test_now() - t0;
+	pthread_mutex_lock(&k.lock);
+	k.done = true;
+	pthread_cond_signal(&k.cond);
+	pthread_mutex_unlock(&k.lock);
+	pthread_join(th, NULL);
+	pthread_mutex_destroy(&k.lock);
+	pthread_cond_destroy(&k.cond);
+	return t;
+}
+

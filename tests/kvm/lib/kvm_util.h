@@ -101,5 +101,7 @@ void test_dev_expect(const struct test_dev *d, unsigned i, uint64_t offset, unsi
 		     bool write, uint64_t value);
 
 double test_now(void);
+/* run() until it returns KICK, kicked at the latest ms from now; returns how long it ran (s). */
+double test_run_kicked(struct vcpu *v, unsigned ms);
 
 #endif
