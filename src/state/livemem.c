@@ -36,7 +36,12 @@ struct livemem {
 	int uffd, stop_fd, out_fd;
 	/* Copy map: a page's bit is set once its content at the instant is in the file. */
 	uint64_t *copied;
-	pthread_mutex_t lock; /* guards copied, err, cbw_pages and writes to out_fd */
+	/* Before the instant: pages written since RAM was protected, protected again at the pause.
+	 */
+	uint64_t *touched;
+	bool copying; /* the instant has passed: faults copy */
+	pthread_mutex_t
+	    lock; /* guards copied, touched, copying, err, cbw_pages, writes to out_fd */
 	int err;
 	uint64_t cbw_pages;
 	pthread_t handler;
@@ -137,6 +142,15 @@ static void on_fault(struct livemem *lm, uint64_t addr)
 	off = (addr - base) & ~(GM_PAGE_SIZE - 1);
 	pg = off >> GM_PAGE_SHIFT;
 	pthread_mutex_lock(&lm->lock);
+	if (!lm->copying) {
+		/* Before the instant: let the write through, protect the page again at the pause.
+		 */
+		lm->touched[pg / 64] |= 1ull << (pg % 64);
+		if (uffd_wp(lm, off, GM_PAGE_SIZE, false))
+			uffd_wp(lm, 0, lm->gm->size, false);
+		pthread_mutex_unlock(&lm->lock);
+		return;
+	}
 	if (!is_copied(lm, pg)) {
 		copy_locked(lm, pg, pg + 1, true);
 		lm->cbw_pages++;
@@ -213,7 +227,8 @@ int livemem_prepare(struct livemem **out, struct guest_mem *gm, int out_fd)
 	lm->stop_fd = -1;
 	pthread_mutex_init(&lm->lock, NULL);
 	lm->copied = calloc((gm->npages + 63) / 64, sizeof(uint64_t));
-	err = lm->copied ? uffd_features(gm->fd >= 0, &features) : -ENOMEM;
+	lm->touched = calloc((gm->npages + 63) / 64, sizeof(uint64_t));
+	err = lm->copied && lm->touched ? uffd_features(gm->fd >= 0, &features) : -ENOMEM;
 	lm->uffd = err ? -1 : uffd_open();
 	if (!err && lm->uffd < 0)
 		err = lm->uffd;
@@ -230,6 +245,14 @@ int livemem_prepare(struct livemem **out, struct guest_mem *gm, int out_fd)
 	if (!err)
 		err = -pthread_create(&lm->handler, NULL, handler_main, lm);
 	lm->handler_running = !err;
+	/*
+	 * Protecting all RAM takes milliseconds: do it while the guest runs and
+	 * track the pages it writes meanwhile; the pause protects only those.
+	 */
+	if (!err) {
+		err = uffd_wp(lm, 0, gm->size, true);
+		lm->armed = true;
+	}
 	if (err) {
 		livemem_free(lm);
 		return err;
@@ -240,11 +263,23 @@ int livemem_prepare(struct livemem **out, struct guest_mem *gm, int out_fd)
 
 int livemem_arm(struct livemem *lm)
 {
-	int err = uffd_wp(lm, 0, lm->gm->size, true);
+	uint64_t npages = lm->gm->npages;
+	int err = 0;
 
-	if (err)
-		uffd_wp(lm, 0, lm->gm->size, false);
-	lm->armed = !err;
+	pthread_mutex_lock(&lm->lock);
+	lm->copying = true;
+	for (uint64_t pg = 0; pg < npages && !err;) {
+		uint64_t run;
+
+		if (!(lm->touched[pg / 64] & (1ull << (pg % 64)))) {
+			pg = lm->touched[pg / 64] >> (pg % 64) ? pg + 1 : (pg / 64 + 1) * 64;
+			continue;
+		}
+		for (run = pg; pg < npages && (lm->touched[pg / 64] & (1ull << (pg % 64))); pg++)
+			;
+		err = uffd_wp(lm, run << GM_PAGE_SHIFT, (pg - run) << GM_PAGE_SHIFT, true);
+	}
+	pthread_mutex_unlock(&lm->lock);
 	return err;
 }
 
@@ -328,6 +363,7 @@ void livemem_free(struct livemem *lm)
 	if (lm->stop_fd >= 0)
 		close(lm->stop_fd);
 	pthread_mutex_destroy(&lm->lock);
+	free(lm->touched);
 	free(lm->copied);
 	free(lm);
 }

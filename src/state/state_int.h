@@ -44,14 +44,18 @@ struct livemem;
 /*
  * Get ready to copy gm into out_fd live, while the VM still runs: a
  * userfaultfd registered for write protection over all RAM, every page
- * pinned (reclaim cannot release a page before it is copied), the copy map
- * and the fault handler thread. -errno (e.g. -EPERM, -EINVAL, -ENOTSUP)
- * when the host cannot do it: the caller copies with the VM stopped.
+ * pinned (reclaim cannot release a page before it is copied), the copy map,
+ * the fault handler thread, and all RAM write-protected, the pages the
+ * guest writes from then on noted and let through. -errno (e.g. -EPERM,
+ * -EINVAL, -ENOTSUP) when the host cannot do it: the caller copies with
+ * the VM stopped.
  */
 int livemem_prepare(struct livemem **out, struct guest_mem *gm, int out_fd);
 /*
- * With the VM paused: write-protect all RAM. This is the snapshot's instant.
- * On failure nothing stays protected; the caller falls back.
+ * With the VM paused: protect again the pages written since
+ * livemem_prepare(); from now on faults copy. This is the snapshot's
+ * instant. On failure the caller frees lm (nothing stays protected) and
+ * falls back.
  */
 int livemem_arm(struct livemem *lm);
 /*

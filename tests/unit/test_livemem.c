@@ -3,7 +3,8 @@
  * writers race the copier through a host pointer (a vCPU), gm_write() (a
  * device) and read() into guest memory (the kernel, as a disk read does);
  * the memory file must hold exactly the content at the instant of
- * livemem_arm(), zero pages as holes, and the writers' data must all be in
+ * livemem_arm() (with what was written between livemem_prepare() and it),
+ * zero pages as holes, and the writers' data must all be in
  * guest memory afterwards. Both backings: memfd (shmem) and anonymous.
  */
 #include <errno.h>
@@ -54,6 +55,18 @@ static uint64_t gen_of(const uint8_t *p, uint64_t pg)
 static bool initially_data(uint64_t pg)
 {
 	return pg % 3 != 2;
+}
+
+/* Written (generation 3) after livemem_prepare(), before the instant. */
+static bool early(uint64_t pg)
+{
+	return pg % 7 == 0;
+}
+
+/* What the memory file must hold for a page. */
+static uint64_t instant_gen(uint64_t pg)
+{
+	return early(pg) ? 3 : initially_data(pg) ? 1 : 0;
 }
 
 static int anon_init(struct guest_mem *gm)
@@ -137,7 +150,7 @@ static void check_file(void)
 		    pread(fd, buf, sizeof(buf), (off_t)(SNAP_MEM_DATA_OFF + (pg << GM_PAGE_SHIFT))),
 		    sizeof(buf));
 		gen = gen_of(buf, pg);
-		if (gen != (initially_data(pg) ? 1u : 0u))
+		if (gen != instant_gen(pg))
 			fail_msg("page %llu holds generation %lld in the file",
 				 (unsigned long long)pg, (long long)gen);
 	}
@@ -172,6 +185,9 @@ static void run_live(bool anon)
 			      strerror(-err));
 		skip();
 	}
+	for (uint64_t pg = 0; pg < NPAGES; pg++)
+		if (early(pg))
+			fill(gm.hva + (pg << GM_PAGE_SHIFT), pg, 3);
 	assert_int_equal(livemem_arm(lm), 0);
 	for (int i = 0; i < 3; i++) {
 		w[i] = (struct writer){.gm = &gm, .kind = i, .start = (uint64_t)i};
