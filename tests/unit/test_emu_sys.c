@@ -437,6 +437,8 @@ static void test_msr_cpuid(void **state)
 	assert_memory_equal(&r[1], "Genu", 4);
 	emu_cpuid(c, 0x15, 0, r);
 	assert_int_equal((uint64_t)r[2] * r[1] / r[0], EMU_TSC_HZ);
+	/* Linux multiplies crystal kHz by EBX in 32 bits: it must not wrap. */
+	assert_int_equal((uint32_t)(r[2] / 1000 * r[1]) / r[0], EMU_TSC_HZ / 1000);
 	emu_cpuid(c, 0x40000000, 0, r);
 	assert_memory_equal(&r[1], "TernTernTern", 12);
 	emu_cpuid(c, 0x40000010, 0, r);

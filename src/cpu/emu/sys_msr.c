@@ -126,9 +126,21 @@ static void topology_leaf(const struct emu_cpuid_ctx *x, uint32_t sub, uint32_t 
 static void timing_leaf(const struct emu_cpuid_ctx *x, uint32_t out[4])
 {
 	uint32_t crystal_khz = 1000000u / (x->apic_tick_ns ? x->apic_tick_ns : 1);
+	uint32_t a = crystal_khz, b = x->tsc_khz;
 
-	out[0] = crystal_khz;
-	out[1] = x->tsc_khz;
+	/*
+	 * The ratio in lowest terms: Linux computes crystal kHz * EBX / EAX in
+	 * 32 bits, and 25000 * 1000000 would wrap (a 1 GHz TSC taken for 141
+	 * MHz, the guest's clock running 7 times too fast).
+	 */
+	while (b) {
+		uint32_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	out[0] = a ? crystal_khz / a : 0;
+	out[1] = a ? x->tsc_khz / a : 0;
 	out[2] = crystal_khz * 1000u;
 }
 
