@@ -35,10 +35,35 @@ int blk_probe(const char *path, const char **fmt)
 	return 0;
 }
 
+/*
+ * Set while blk_open_shared() opens a chain, so the backing files a driver
+ * opens on the way are opened force-shared too.
+ */
+static _Thread_local bool open_force_share;
+
+static enum img_lock_mode open_lock_mode(bool readonly)
+{
+	if (!readonly)
+		return IMG_LOCK_WRITE;
+	return open_force_share ? IMG_LOCK_SHARED : IMG_LOCK_READ;
+}
+
+static int open_driver(const char *spec, const char *fmt, bool readonly, int depth,
+		       struct blockdev **bd)
+{
+	if (!strcmp(fmt, "raw"))
+		return raw_open(spec, readonly, bd);
+	if (!strcmp(fmt, "qcow2"))
+		return qcow2_open(spec, readonly, depth, bd);
+	pr_err("%s: unknown image format '%s'", spec, fmt);
+	return -EINVAL;
+}
+
 int blk_open_depth(const char *spec, const char *fmt, bool readonly, int depth,
 		   struct blockdev **out)
 {
 	struct blockdev *bd = NULL;
+	struct img_lock *lock = NULL;
 	struct stat st;
 	int r;
 
@@ -60,23 +85,38 @@ int blk_open_depth(const char *spec, const char *fmt, bool readonly, int depth,
 		if (r < 0)
 			return r;
 	}
-	if (!strcmp(fmt, "raw")) {
-		r = raw_open(spec, readonly, &bd);
-	} else if (!strcmp(fmt, "qcow2")) {
-		r = qcow2_open(spec, readonly, depth, &bd);
-	} else {
-		pr_err("%s: unknown image format '%s'", spec, fmt);
-		return -EINVAL;
-	}
+	/* Locked before the driver opens it: a writable open may already write. */
+	r = img_lock_take(spec, open_lock_mode(readonly), &lock);
 	if (r < 0)
 		return r;
+	r = open_driver(spec, fmt, readonly, depth, &bd);
+	if (r < 0) {
+		img_lock_release(lock);
+		return r;
+	}
+	bd->lock = lock;
 	bd->spec = strdup(spec);
 	if (!bd->spec) {
-		bd->ops->close(bd);
+		blk_close(bd);
 		return -ENOMEM;
 	}
 	*out = bd;
 	return 0;
+}
+
+int blk_open_shared(const char *spec, const char *fmt, struct blockdev **out)
+{
+	int r;
+
+	open_force_share = true;
+	r = blk_open_depth(spec, fmt, true, 0, out);
+	open_force_share = false;
+	return r;
+}
+
+int blk_set_lock(struct blockdev *bd, enum img_lock_mode mode)
+{
+	return bd->lock ? img_lock_change(bd->lock, mode) : 0;
 }
 
 int blk_open_fmt(const char *spec, const char *fmt, bool readonly, struct blockdev **out)
@@ -91,12 +131,16 @@ int blk_open(const char *spec, bool readonly, struct blockdev **out)
 
 void blk_close(struct blockdev *bd)
 {
+	struct img_lock *lock;
 	char *spec;
 
 	if (!bd)
 		return;
 	spec = bd->spec;
+	lock = bd->lock;
 	bd->ops->close(bd);
+	/* After the close: a writable image writes back its metadata there. */
+	img_lock_release(lock);
 	free(spec);
 }
 

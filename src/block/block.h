@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "block/lock.h"
+
 struct blockdev;
 
 struct blockdev_ops {
@@ -31,13 +33,25 @@ struct blockdev {
 	const struct blockdev_ops *ops;
 	uint64_t size; /* virtual size in bytes */
 	bool readonly;
-	char *spec; /* what the user named: a path or URI */
+	char *spec;	       /* what the user named: a path or URI */
+	struct img_lock *lock; /* files: held from open to close (docs/qcow2.md) */
 };
 
 /* Open a disk by path (format probed from its content) or URI. */
 int blk_open(const char *spec, bool readonly, struct blockdev **out);
 /* Open with a known format ("raw", "qcow2"); NULL probes like blk_open. */
 int blk_open_fmt(const char *spec, const char *fmt, bool readonly, struct blockdev **out);
+/*
+ * Open read-only without keeping others from writing the image or its
+ * backing chain meanwhile (what `-U/--force-share` asks for): what is read
+ * may be inconsistent if someone does write.
+ */
+int blk_open_shared(const char *spec, const char *fmt, struct blockdev **out);
+/*
+ * Change the lock an open image holds (images without a lock: nothing to
+ * do). -EBUSY when another holder conflicts; the old lock stays.
+ */
+int blk_set_lock(struct blockdev *bd, enum img_lock_mode mode);
 /* Name the format of the image at path ("qcow2" or "raw") from its content. */
 int blk_probe(const char *path, const char **fmt);
 void blk_close(struct blockdev *bd);

@@ -530,12 +530,25 @@ int livesnap_overlay_open(struct blockdev *base, const char *target, struct bloc
 	r = blk_flush(base);
 	if (r < 0)
 		return r;
+	/*
+	 * From the switch on, the old image is only read (as the overlay's
+	 * backing file): its lock becomes a reader's, or the overlay's own
+	 * reader lock on it would conflict with it.
+	 */
+	if (!base->readonly) {
+		r = blk_set_lock(base, IMG_LOCK_READ);
+		if (r < 0)
+			return r;
+	}
 	r = blk_open_fmt(target, "qcow2", base->readonly, &ov);
-	if (r < 0)
-		return r;
-	if (ov->size != base->size) {
+	if (r == 0 && ov->size != base->size) {
 		blk_close(ov);
-		return -EINVAL;
+		r = -EINVAL;
+	}
+	if (r < 0) {
+		if (!base->readonly)
+			blk_set_lock(base, IMG_LOCK_WRITE);
+		return r;
 	}
 	*out = ov;
 	return 0;

@@ -27,11 +27,11 @@ static const char usage_text[] =
     "      new image; SIZE takes K, M, G, T suffixes (powers of 1024) and defaults\n"
     "      to the backing file's size. OPTS (qcow2): cluster_size=N, compat=0.10|1.1,\n"
     "      refcount_bits=N\n"
-    "  info [--output=human|json] FILE\n"
+    "  info [-U] [--output=human|json] FILE\n"
     "      format, sizes and backing chain\n"
-    "  check [-r leaks] FILE\n"
+    "  check [-U] [-r leaks] FILE\n"
     "      verify qcow2 metadata; exit 2 on corruption, 3 on leaked clusters\n"
-    "  convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-p] SRC DST\n"
+    "  convert [-U] [-f FMT] [-O raw|qcow2] [-o OPTS] [-p] SRC DST\n"
     "      copy the whole disk SRC sees (backing chain included) into a new image\n"
     "  commit [-p] FILE\n"
     "      write the data FILE holds into its backing file\n"
@@ -42,7 +42,9 @@ static const char usage_text[] =
     "      crash-test writer: writes until killed, logs what each flush made durable;\n"
     "      --verify checks FILE holds every write LOG acknowledges\n"
     "\n"
-    "-p shows progress (default when standard output is a terminal).\n";
+    "-p shows progress (default when standard output is a terminal). -U\n"
+    "(--force-share) reads an image another process is writing, which it would\n"
+    "otherwise refuse (the result may be inconsistent).\n";
 
 static int usage_err(const char *msg)
 {
@@ -356,21 +358,34 @@ static void info_json(struct blockdev *bd, const char *path)
 	printf("    \"actual-size\": %" PRIu64 "\n}\n", disk_usage(path));
 }
 
+/* Open an image to read; force_share: even while another process writes it. */
+static int open_ro(const char *path, const char *fmt, bool force_share, struct blockdev **bd)
+{
+	return force_share ? blk_open_shared(path, fmt, bd) : blk_open_fmt(path, fmt, true, bd);
+}
+
+static bool is_force_share(const char *arg)
+{
+	return !strcmp(arg, "-U") || !strcmp(arg, "--force-share");
+}
+
 static int img_info(int argc, char **argv)
 {
-	bool json = false;
+	bool json = false, share = false;
 	struct blockdev *bd;
 	int i = 1;
 
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--output=json"))
 			json = true;
+		else if (is_force_share(argv[i]))
+			share = true;
 		else if (strcmp(argv[i], "--output=human"))
 			return usage_err("info: bad option");
 	}
 	if (i != argc - 1)
 		return usage_err("info: need FILE");
-	if (blk_open(argv[i], true, &bd) < 0)
+	if (open_ro(argv[i], NULL, share, &bd) < 0)
 		return 1;
 	if (json)
 		info_json(bd, argv[i]);
@@ -382,22 +397,29 @@ static int img_info(int argc, char **argv)
 
 /* ---- check ---- */
 
+static const struct option share_opts[] = {{"force-share", no_argument, NULL, 'U'}, {0}};
+
 static int img_check(int argc, char **argv)
 {
 	struct qcow2_check_result res;
 	struct blockdev *bd;
-	bool repair = false;
+	bool repair = false, share = false;
 	int c, r;
 
-	while ((c = getopt(argc, argv, "r:h")) != -1) {
+	while ((c = getopt_long(argc, argv, "Ur:h", share_opts, NULL)) != -1) {
 		if (c == 'r' && (!strcmp(optarg, "leaks") || !strcmp(optarg, "all")))
 			repair = true;
+		else if (c == 'U')
+			share = true;
 		else
 			return usage_err("check: bad option (only -r leaks is supported)");
 	}
 	if (optind != argc - 1)
 		return usage_err("check: need FILE");
-	if (blk_open(argv[optind], !repair, &bd) < 0)
+	if (repair && share)
+		return usage_err("check: -U only reads: it cannot repair");
+	if ((repair ? blk_open(argv[optind], false, &bd)
+		    : open_ro(argv[optind], NULL, share, &bd)) < 0)
 		return 1;
 	if (strcmp(bd->ops->format, "qcow2")) {
 		printf("%s: %s images have no metadata to check\n", argv[optind], bd->ops->format);
@@ -463,12 +485,15 @@ static int img_convert(int argc, char **argv)
 	struct qcow2_create_opts o = {0};
 	struct blockdev *src = NULL, *dst = NULL;
 	struct progress pg;
-	bool show = false;
+	bool show = false, share = false;
 	char *opts = NULL;
 	int c, r;
 
-	while ((c = getopt(argc, argv, "f:O:o:ph")) != -1) {
+	while ((c = getopt_long(argc, argv, "Uf:O:o:ph", share_opts, NULL)) != -1) {
 		switch (c) {
+		case 'U':
+			share = true;
+			break;
 		case 'f':
 			ifmt = optarg;
 			break;
@@ -491,7 +516,7 @@ static int img_convert(int argc, char **argv)
 		return usage_err("convert: output format must be raw or qcow2");
 	if (opts && (strcmp(ofmt, "qcow2") || parse_qcow2_opts(opts, &o) < 0))
 		return usage_err("convert: -o is for qcow2 output only");
-	if (blk_open_fmt(argv[optind], ifmt, true, &src) < 0)
+	if (open_ro(argv[optind], ifmt, share, &src) < 0)
 		return 1;
 	o.size = src->size;
 	r = !strcmp(ofmt, "raw") ? create_raw(argv[optind + 1], src->size)
@@ -569,7 +594,10 @@ static int img_commit(int argc, char **argv)
 		fprintf(stderr, "tern img: backing file is smaller than %s\n", argv[optind]);
 		goto out;
 	}
-	r = blk_open_fmt(qi.backing_path, qi.backing->ops->format, false, &base);
+	/* The top's own handle of the base only reads it: let the writer below in. */
+	r = blk_set_lock(qi.backing, IMG_LOCK_SHARED);
+	if (r == 0)
+		r = blk_open_fmt(qi.backing_path, qi.backing->ops->format, false, &base);
 	progress_init(&pg, show);
 	if (r == 0)
 		r = commit_data(top, base, &pg);
