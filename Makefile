@@ -4,7 +4,7 @@ CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla
 CFLAGS  ?= -O2 -g
 CPPFLAGS += -Isrc
-LDLIBS  := -lZydis -lpthread -lm -lz -llz4 -llzma -lzstd -lbz2 -ljson-c
+LDLIBS  := -lZydis -lpthread -lm -lz -llz4 -llzma -lzstd -lbz2 -ljson-c -lcrypto
 
 SRCS     := $(shell find src -name '*.c' | sort)
 LIB_SRCS := $(filter-out src/main.c,$(SRCS))
@@ -108,7 +108,7 @@ BF := build-fuzz
 .PHONY: fuzz-qcow2
 $(BF)/qcow2_fuzz: tests/fuzz/qcow2_fuzz.c $(wildcard src/block/*.c src/block/*.h) src/util/log.c
 	@mkdir -p $(BF)
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< $(wildcard src/block/*.c) src/util/log.c -lz -lpthread
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< $(wildcard src/block/*.c) src/util/log.c -lz -lpthread -lcrypto
 
 fuzz-qcow2: $(BF)/qcow2_fuzz
 	bash tests/fuzz/qcow2_seeds.sh $(BF)/qcow2-corpus

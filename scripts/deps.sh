@@ -2,7 +2,7 @@
 # Install what building and testing tern needs, from Debian's packages.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
-pkgs=(build-essential pkg-config libzydis-dev libcmocka-dev zlib1g-dev liblz4-dev liblzma-dev libzstd-dev libbz2-dev libmicrohttpd-dev libjson-c-dev cpio
+pkgs=(build-essential pkg-config libzydis-dev libcmocka-dev zlib1g-dev liblz4-dev liblzma-dev libzstd-dev libbz2-dev libmicrohttpd-dev libjson-c-dev libssl-dev cpio
       qemu-utils qemu-system-x86 nbdkit curl ca-certificates xz-utils zstd acpica-tools)
 missing=()
 for p in "${pkgs[@]}"; do

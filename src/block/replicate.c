@@ -12,6 +12,15 @@
  *                                   S: DONE | ERR <message>
  *   C: BYE
  * crc is 8 hex digits (CRC-32 of the whole file), bytes decimal.
+ *
+ * With a key, before HELLO (nonces 32 bytes, MACs HMAC-SHA256, all hex):
+ *   C: AUTH 1 <nc>                  S: CHALLENGE <ns> <HMAC(key, "server" nc ns)>
+ *   C: PROOF <HMAC(key, "client" nc ns)>   (or ERR, if the server's MAC is wrong)
+ *                                   S: WELCOME | ERR <message>
+ * and from then on every line ends in " <tag>" and every data chunk (up to
+ * CHUNK bytes) is followed by its 32-byte tag: HMAC(session key, writer
+ * 'C'/'S', 64-bit sequence number, payload), session key = HMAC(key,
+ * "session" nc ns).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -30,6 +39,7 @@
 
 #include "block/qcow2.h"
 #include "block/replicate.h"
+#include "block/replicate_auth.h"
 #include "util/log.h"
 
 #define CHUNK (1u << 20)
@@ -424,7 +434,32 @@ struct conn {
 	int fd;
 	char buf[LINE_MAX_LEN * 2];
 	size_t len; /* bytes buffered */
+	bool server;
+	bool authed; /* every message from now on carries a tag */
+	uint8_t session[RAUTH_TAG];
+	uint64_t seq_in, seq_out;
 };
+
+#define TAG_HEX (2 * RAUTH_TAG)
+
+/*
+ * The tag of the next message in one direction: the writer's role and a
+ * sequence number are covered, so a message cannot be replayed, reordered
+ * or reflected back within the session.
+ */
+static int conn_tag(struct conn *c, bool outgoing, const void *data, size_t len,
+		    uint8_t tag[RAUTH_TAG])
+{
+	uint64_t *seq = outgoing ? &c->seq_out : &c->seq_in;
+	char role = (c->server == outgoing) ? 'S' : 'C';
+	uint8_t be[8];
+	struct iovec parts[3] = {{&role, 1}, {be, sizeof(be)}, {(void *)data, len}};
+
+	for (int i = 0; i < 8; i++)
+		be[i] = (uint8_t)(*seq >> (56 - 8 * i));
+	(*seq)++;
+	return rauth_hmac(c->session, sizeof(c->session), parts, 3, tag);
+}
 
 static int write_all(int fd, const void *buf, size_t len)
 {
@@ -452,8 +487,18 @@ __attribute__((format(printf, 2, 3))) static int say(struct conn *c, const char 
 	va_start(ap, fmt);
 	n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
 	va_end(ap);
-	if (n < 0 || n >= LINE_MAX_LEN)
+	if (n < 0 || n >= LINE_MAX_LEN - (c->authed ? TAG_HEX + 1 : 0))
 		return -EINVAL;
+	if (c->authed) {
+		uint8_t tag[RAUTH_TAG];
+		int r = conn_tag(c, true, line, (size_t)n, tag);
+
+		if (r < 0)
+			return r;
+		line[n++] = ' ';
+		rauth_hex(tag, RAUTH_TAG, line + n);
+		n += TAG_HEX;
+	}
 	line[n++] = '\n';
 	return write_all(c->fd, line, (size_t)n);
 }
@@ -473,8 +518,24 @@ static int fill(struct conn *c)
 	return 0;
 }
 
+/* Check and strip the tag of a line received in an authenticated session. */
+static int check_line_tag(struct conn *c, char *line)
+{
+	uint8_t got[RAUTH_TAG], want[RAUTH_TAG];
+	char *sp = strrchr(line, ' ');
+	int r;
+
+	if (!sp || rauth_unhex(sp + 1, got, RAUTH_TAG) < 0)
+		return -EBADMSG;
+	*sp = 0;
+	r = conn_tag(c, false, line, (size_t)(sp - line), want);
+	if (r < 0)
+		return r;
+	return rauth_tag_equal(got, want, RAUTH_TAG) ? 0 : -EBADMSG;
+}
+
 /* One line without its '\n' into line (LINE_MAX_LEN bytes); longer lines are an error. */
-static int read_line(struct conn *c, char *line)
+static int read_line_raw(struct conn *c, char *line)
 {
 	for (;;) {
 		char *nl = memchr(c->buf, '\n', c->len);
@@ -497,6 +558,18 @@ static int read_line(struct conn *c, char *line)
 		if (ret < 0)
 			return ret;
 	}
+}
+
+static int read_line(struct conn *c, char *line)
+{
+	int r = read_line_raw(c, line);
+
+	if (r == 0 && c->authed) {
+		r = check_line_tag(c, line);
+		if (r < 0)
+			pr_err("replication: a message failed its integrity check");
+	}
+	return r;
 }
 
 /* Exactly len raw bytes (buffered ones first). */
@@ -535,6 +608,21 @@ static int serve_hello(struct replica *r, struct conn *c)
 	return ret;
 }
 
+/* A data chunk's tag follows it: nothing unauthenticated reaches the partial file. */
+static int check_chunk_tag(struct conn *c, const void *data, size_t len)
+{
+	uint8_t got[RAUTH_TAG], want[RAUTH_TAG];
+	int r = read_raw(c, got, sizeof(got));
+
+	if (r == 0)
+		r = conn_tag(c, false, data, len, want);
+	if (r == 0 && !rauth_tag_equal(got, want, RAUTH_TAG)) {
+		pr_err("replication: layer data failed its integrity check");
+		r = -EBADMSG;
+	}
+	return r;
+}
+
 static int receive_data(struct replica *r, struct conn *c, uint64_t left)
 {
 	uint8_t *buf = malloc(CHUNK);
@@ -546,6 +634,8 @@ static int receive_data(struct replica *r, struct conn *c, uint64_t left)
 		size_t n = left < CHUNK ? (size_t)left : CHUNK;
 
 		ret = read_raw(c, buf, n);
+		if (ret == 0 && c->authed)
+			ret = check_chunk_tag(c, buf, n);
 		if (ret == 0)
 			ret = replica_write(r, buf, n);
 		left -= n;
@@ -585,19 +675,140 @@ static int serve_begin(struct replica *r, struct conn *c, const char *args)
 	return say(c, "DONE");
 }
 
-int replica_serve(struct replica *r, int fd)
+/* ---- authentication ---- */
+
+/* HMAC(key, label nc ns): the proofs of both sides and the session key. */
+static int auth_mac(const struct replicate_key *key, const char *label,
+		    const uint8_t nc[RAUTH_NONCE], const uint8_t ns[RAUTH_NONCE],
+		    uint8_t out[RAUTH_TAG])
+{
+	struct iovec parts[3] = {
+	    {(void *)label, strlen(label)}, {(void *)nc, RAUTH_NONCE}, {(void *)ns, RAUTH_NONCE}};
+
+	return rauth_hmac(key->bytes, key->len, parts, 3, out);
+}
+
+/* Both proofs checked: derive the session key and tag everything from now on. */
+static int auth_done(struct conn *c, const struct replicate_key *key, const uint8_t nc[RAUTH_NONCE],
+		     const uint8_t ns[RAUTH_NONCE])
+{
+	int r = auth_mac(key, "tern-replicate session", nc, ns, c->session);
+
+	c->authed = r == 0;
+	return r;
+}
+
+static int server_auth(struct conn *c, const struct replicate_key *key, const char *first)
+{
+	uint8_t nc[RAUTH_NONCE], ns[RAUTH_NONCE], mac[RAUTH_TAG], got[RAUTH_TAG];
+	char hs[2 * RAUTH_NONCE + 1], hm[TAG_HEX + 1], line[LINE_MAX_LEN];
+	int r;
+
+	if (strncmp(first, "AUTH 1 ", 7) || rauth_unhex(first + 7, nc, RAUTH_NONCE) < 0) {
+		say(c, "ERR this replica requires authentication (--key-file)");
+		pr_err("replication: refused a sender that did not authenticate");
+		return -EACCES;
+	}
+	r = rauth_random(ns, sizeof(ns));
+	if (r == 0)
+		r = auth_mac(key, "tern-replicate server", nc, ns, mac);
+	if (r < 0)
+		return r;
+	rauth_hex(ns, RAUTH_NONCE, hs);
+	rauth_hex(mac, RAUTH_TAG, hm);
+	r = say(c, "CHALLENGE %s %s", hs, hm);
+	if (r == 0)
+		r = read_line(c, line);
+	if (r == 0)
+		r = auth_mac(key, "tern-replicate client", nc, ns, mac);
+	if (r < 0)
+		return r;
+	if (strncmp(line, "PROOF ", 6) || rauth_unhex(line + 6, got, RAUTH_TAG) < 0 ||
+	    !rauth_tag_equal(got, mac, RAUTH_TAG)) {
+		say(c, "ERR authentication failed");
+		pr_err("replication: a sender failed to authenticate (a different key?)");
+		return -EACCES;
+	}
+	r = say(c, "WELCOME");
+	return r < 0 ? r : auth_done(c, key, nc, ns);
+}
+
+static int client_auth(struct conn *c, const struct replicate_key *key)
+{
+	uint8_t nc[RAUTH_NONCE], ns[RAUTH_NONCE], mac[RAUTH_TAG], got[RAUTH_TAG];
+	char hn[2 * RAUTH_NONCE + 1], hm[TAG_HEX + 1], line[LINE_MAX_LEN];
+	char a[LINE_MAX_LEN], b[LINE_MAX_LEN];
+	int r = rauth_random(nc, sizeof(nc));
+
+	rauth_hex(nc, RAUTH_NONCE, hn);
+	if (r == 0)
+		r = say(c, "AUTH 1 %s", hn);
+	if (r == 0)
+		r = read_line(c, line);
+	if (r < 0)
+		return r;
+	if (sscanf(line, "CHALLENGE %511s %511s", a, b) != 2 ||
+	    rauth_unhex(a, ns, RAUTH_NONCE) < 0 || rauth_unhex(b, got, RAUTH_TAG) < 0) {
+		pr_err("replica: %.200s", line);
+		return -EPROTO;
+	}
+	r = auth_mac(key, "tern-replicate server", nc, ns, mac);
+	if (r < 0)
+		return r;
+	if (!rauth_tag_equal(got, mac, RAUTH_TAG)) {
+		say(c, "ERR authentication failed");
+		pr_err("replica: the server does not prove our key (a different key?)");
+		return -EACCES;
+	}
+	r = auth_mac(key, "tern-replicate client", nc, ns, mac);
+	rauth_hex(mac, RAUTH_TAG, hm);
+	if (r == 0)
+		r = say(c, "PROOF %s", hm);
+	if (r == 0)
+		r = read_line(c, line);
+	if (r < 0)
+		return r;
+	if (strcmp(line, "WELCOME")) {
+		pr_err("replica: %.200s", line);
+		return -EACCES;
+	}
+	return auth_done(c, key, nc, ns);
+}
+
+/* The first line of a connection: authenticate it when the replica has a key. */
+static int serve_first(struct conn *c, const struct replicate_key *key, const char *line)
+{
+	if (key)
+		return server_auth(c, key, line);
+	if (!strncmp(line, "AUTH ", 5)) {
+		say(c, "ERR this replica server has no key (it runs --insecure)");
+		return -EPROTO;
+	}
+	return 1; /* an ordinary command */
+}
+
+int replica_serve(struct replica *r, int fd, const struct replicate_key *key)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 	char line[LINE_MAX_LEN];
 	int ret = 0;
+	bool first = true;
 
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
+	c->server = true;
 	while (ret == 0) {
 		ret = read_line(c, line);
 		if (ret < 0)
 			break;
+		if (first) {
+			first = false;
+			ret = serve_first(c, key, line);
+			if (ret <= 0)
+				continue;
+			ret = 0;
+		}
 		if (!strcmp(line, "HELLO 1"))
 			ret = serve_hello(r, c);
 		else if (!strncmp(line, "BEGIN ", 6))
@@ -608,6 +819,7 @@ int replica_serve(struct replica *r, int fd)
 			ret = say(c, "ERR unknown command") < 0 ? -EPIPE : -EPROTO;
 	}
 	replica_abort(r);
+	explicit_bzero(c->session, sizeof(c->session));
 	free(c);
 	return ret == -ECONNRESET ? 0 : ret;
 }
@@ -662,8 +874,10 @@ static int remote_hello(struct dest *d)
 		ret = read_line(d->remote, line);
 	if (ret < 0)
 		return ret;
-	if (sscanf(line, "OK %u", &n) != 1 || n > REPLICA_MAX_LAYERS)
+	if (sscanf(line, "OK %u", &n) != 1 || n > REPLICA_MAX_LAYERS) {
+		pr_err("replica: %.200s", line);
 		return -EPROTO;
+	}
 	for (d->n = 0; d->n < n; d->n++) {
 		ret = read_line(d->remote, line);
 		if (ret < 0)
@@ -675,13 +889,13 @@ static int remote_hello(struct dest *d)
 	return 0;
 }
 
-static int dest_open(const char *spec, struct dest *d)
+static int dest_open(const char *spec, const struct replicate_key *key, struct dest *d)
 {
-	int fd;
+	int fd, ret;
 
 	memset(d, 0, sizeof(*d));
 	if (strncmp(spec, "tcp:", 4)) {
-		int ret = replica_open(spec, &d->local);
+		ret = replica_open(spec, &d->local);
 
 		if (ret < 0)
 			return ret;
@@ -699,7 +913,15 @@ static int dest_open(const char *spec, struct dest *d)
 		return -ENOMEM;
 	}
 	d->remote->fd = fd;
-	return remote_hello(d);
+	ret = key ? client_auth(d->remote, key) : 0;
+	if (ret == 0)
+		ret = remote_hello(d);
+	if (ret < 0) {
+		close(fd);
+		free(d->remote);
+		d->remote = NULL;
+	}
+	return ret;
 }
 
 static void dest_close(struct dest *d)
@@ -708,6 +930,7 @@ static void dest_close(struct dest *d)
 	if (d->remote) {
 		say(d->remote, "BYE");
 		close(d->remote->fd);
+		explicit_bzero(d->remote->session, sizeof(d->remote->session));
 		free(d->remote);
 	}
 }
@@ -739,7 +962,17 @@ static int dest_begin(struct dest *d, unsigned idx, const struct replica_layer *
 
 static int dest_write(struct dest *d, const void *buf, size_t len)
 {
-	return d->local ? replica_write(d->local, buf, len) : write_all(d->remote->fd, buf, len);
+	uint8_t tag[RAUTH_TAG];
+	int r;
+
+	if (d->local)
+		return replica_write(d->local, buf, len);
+	r = write_all(d->remote->fd, buf, len);
+	if (r == 0 && d->remote->authed)
+		r = conn_tag(d->remote, true, buf, len, tag);
+	if (r == 0 && d->remote->authed)
+		r = write_all(d->remote->fd, tag, sizeof(tag));
+	return r;
 }
 
 static int dest_commit(struct dest *d)
@@ -879,7 +1112,8 @@ out:
 	return ret;
 }
 
-int replicate_chain(const char *path, const char *dest, unsigned *shipped, uint64_t *bytes)
+int replicate_chain(const char *path, const char *dest, const struct replicate_key *key,
+		    unsigned *shipped, uint64_t *bytes)
 {
 	struct chain ch = {0};
 	struct dest d;
@@ -893,7 +1127,7 @@ int replicate_chain(const char *path, const char *dest, unsigned *shipped, uint6
 		chain_free(&ch);
 		return ret;
 	}
-	ret = dest_open(dest, &d);
+	ret = dest_open(dest, key, &d);
 	if (ret < 0) {
 		pr_err("%s: cannot reach the replica: %s", dest, strerror(-ret));
 		goto out;

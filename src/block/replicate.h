@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "block/blk_int.h"
+#include "block/replicate_auth.h"
 
 #define REPLICA_MAX_LAYERS BLK_MAX_CHAIN_DEPTH
 #define REPLICA_NAME_MAX 200
@@ -60,8 +61,12 @@ int replica_commit(struct replica *r);
 /* Give up on the layer being received; its partial file stays for a resume. */
 void replica_abort(struct replica *r);
 
-/* Serve one connection of the replication protocol on fd (closes nothing). */
-int replica_serve(struct replica *r, int fd);
+/*
+ * Serve one connection of the replication protocol on fd (closes nothing).
+ * key: the sender must prove it (and every message is checked), or NULL:
+ * anyone may send. -EACCES: the sender did not authenticate.
+ */
+int replica_serve(struct replica *r, int fd, const struct replicate_key *key);
 
 /* ---- the sending side ---- */
 
@@ -69,8 +74,11 @@ int replica_serve(struct replica *r, int fd);
  * Ship the chain whose top is the image at path (base first, path last) to
  * dest: a directory, or "tcp:HOST:PORT" for `tern replicate serve`. Layers
  * the replica has are skipped. Every image in the chain must be sealed (not
- * written while it is shipped). *shipped: layers sent; *bytes: bytes sent.
+ * written while it is shipped). key: authenticate to a tcp: dest with it
+ * (NULL: do not; a directory needs none). *shipped: layers sent; *bytes:
+ * bytes sent.
  */
-int replicate_chain(const char *path, const char *dest, unsigned *shipped, uint64_t *bytes);
+int replicate_chain(const char *path, const char *dest, const struct replicate_key *key,
+		    unsigned *shipped, uint64_t *bytes);
 
 #endif

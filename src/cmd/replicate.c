@@ -8,7 +8,8 @@
  *   tern replicate serve DIR [--listen ADDR] --port N [--once]
  *   tern replicate show DIR
  *
- * DEST is a replica directory or tcp:HOST:PORT.
+ * DEST is a replica directory or tcp:HOST:PORT. TCP needs --key-file FILE
+ * on both ends, or --insecure on both.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,6 +35,9 @@
 #define EXIT_USAGE 2
 #define API_TIMEOUT_MS 60000
 
+/* The pre-shared key of --key-file, or NULL (set once, before any transfer). */
+static const struct replicate_key *key;
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage:\n"
@@ -48,7 +52,12 @@ static void usage(FILE *f)
 		   "  tern replicate show DIR\n"
 		   "      the replica's chain, base first; the last line is its latest point\n"
 		   "\nDEST is a replica directory or tcp:HOST:PORT. -v, --verbose: say what\n"
-		   "moves (layers shipped, installed, resumed).\n");
+		   "moves (layers shipped, installed, resumed).\n"
+		   "\nOver TCP both ends prove a shared key to each other and every message\n"
+		   "and data chunk carries an HMAC-SHA256 tag:\n"
+		   "  --key-file FILE  the key (at least 16 bytes, mode 600), the same file on\n"
+		   "                   both ends; e.g. head -c 32 /dev/urandom | base64 > FILE\n"
+		   "  --insecure       replicate over TCP without a key (trusted networks only)\n");
 }
 
 static double now_s(void)
@@ -64,7 +73,7 @@ static int do_send(const char *image, const char *dest)
 	unsigned shipped;
 	uint64_t bytes;
 	double t0 = now_s();
-	int r = replicate_chain(image, dest, &shipped, &bytes);
+	int r = replicate_chain(image, dest, key, &shipped, &bytes);
 
 	if (r < 0) {
 		fprintf(stderr, "tern replicate: %s -> %s: %s\n", image, dest, strerror(-r));
@@ -155,7 +164,7 @@ static int one_point(const char *sock, unsigned disk, const char *layers, const 
 	}
 	/* The disk writes to target now: the image it left is sealed and can be shipped. */
 	t0 = now_s();
-	r = replicate_chain(sealed, dest, &shipped, &bytes);
+	r = replicate_chain(sealed, dest, key, &shipped, &bytes);
 	if (r == 0)
 		printf("point %u: %s sealed (pause %.0f us), shipped %u layer(s), %" PRIu64
 		       " bytes in %.3f s\n",
@@ -241,7 +250,7 @@ static int do_serve(const char *dir, const char *addr, const char *port, bool on
 		}
 		/* A sender that goes silent must not hold the replica forever. */
 		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		r = replica_serve(rep, fd);
+		r = replica_serve(rep, fd, key);
 		close(fd);
 		if (r < 0)
 			fprintf(stderr, "tern replicate: a transfer ended early: %s\n",
@@ -272,21 +281,22 @@ static int do_show(const char *dir)
 /* ---- options ---- */
 
 struct opts {
-	const char *to, *api, *layers, *listen, *port;
+	const char *to, *api, *layers, *listen, *port, *key_file;
 	unsigned disk, points;
 	double every;
-	bool once;
+	bool once, insecure;
 };
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
 	static const struct option lo[] = {
-	    {"to", required_argument, NULL, 't'},     {"api", required_argument, NULL, 'a'},
-	    {"disk", required_argument, NULL, 'd'},   {"layers", required_argument, NULL, 'l'},
-	    {"points", required_argument, NULL, 'n'}, {"every", required_argument, NULL, 'e'},
-	    {"listen", required_argument, NULL, 'L'}, {"port", required_argument, NULL, 'p'},
-	    {"once", no_argument, NULL, 'o'},	      {"verbose", no_argument, NULL, 'v'},
-	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0}};
+	    {"to", required_argument, NULL, 't'},	{"api", required_argument, NULL, 'a'},
+	    {"disk", required_argument, NULL, 'd'},	{"layers", required_argument, NULL, 'l'},
+	    {"points", required_argument, NULL, 'n'},	{"every", required_argument, NULL, 'e'},
+	    {"listen", required_argument, NULL, 'L'},	{"port", required_argument, NULL, 'p'},
+	    {"once", no_argument, NULL, 'o'},		{"verbose", no_argument, NULL, 'v'},
+	    {"key-file", required_argument, NULL, 'k'}, {"insecure", no_argument, NULL, 'i'},
+	    {"help", no_argument, NULL, 'h'},		{NULL, 0, NULL, 0}};
 	char *end;
 	int c;
 
@@ -311,6 +321,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case 'o':
 			o->once = true;
+			break;
+		case 'k':
+			o->key_file = optarg;
+			break;
+		case 'i':
+			o->insecure = true;
 			break;
 		case 'v':
 			log_set_level(LOG_INFO);
@@ -340,6 +356,32 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
+/*
+ * Load --key-file; refuse TCP with neither a key nor an explicit --insecure:
+ * anyone who can reach the port could otherwise plant a disk image.
+ */
+static int setup_key(const struct opts *o, bool tcp)
+{
+	static struct replicate_key k;
+
+	if (o->key_file && o->insecure) {
+		fprintf(stderr, "tern replicate: --key-file and --insecure exclude each other\n");
+		return -EINVAL;
+	}
+	if (o->key_file) {
+		if (replicate_key_load(o->key_file, &k) < 0)
+			return -EINVAL;
+		key = &k;
+		return 0;
+	}
+	if (tcp && !o->insecure) {
+		fprintf(stderr, "tern replicate: replication over TCP needs --key-file FILE (the "
+				"same key on both ends), or --insecure on a trusted network\n");
+		return -EACCES;
+	}
+	return 0;
+}
+
 int cmd_replicate(int argc, char **argv)
 {
 	struct opts o = {0};
@@ -361,6 +403,9 @@ int cmd_replicate(int argc, char **argv)
 	}
 	argc -= optind;
 	argv += optind;
+	if (strcmp(verb, "show") &&
+	    setup_key(&o, !strcmp(verb, "serve") || (o.to && !strncmp(o.to, "tcp:", 4))) < 0)
+		return EXIT_USAGE;
 	if (!strcmp(verb, "send") && argc == 1 && o.to)
 		return do_send(argv[0], o.to);
 	if (!strcmp(verb, "vm") && argc == 0 && o.api && o.layers && o.to)

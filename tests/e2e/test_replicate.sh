@@ -9,6 +9,8 @@
 # Then a large layer is shipped over a throttled link and the receiver is
 # killed mid-layer: the replica's latest point must still be the previous
 # complete one, and a second transfer resumes where the first stopped.
+# Over TCP both ends hold a pre-shared key: a sender with another key, with
+# none, or --insecure is refused and the replica is left as it was.
 # Finally the default guest boots from the replica's top and reads back
 # both markers.
 . "$(dirname "$0")/lib.sh"
@@ -25,6 +27,8 @@ VH=trh$$
 VN=trn$$
 PORT=7707
 ADDR=10.200.0.2
+KEY=$E2E_TMP/replication.key
+(umask 077 && head -c 32 /dev/urandom | base64 >"$KEY")
 TERN_PID=
 SERVE_PID=
 NETNS=
@@ -54,7 +58,7 @@ make_netns() {
 
 start_server() {
 	ip netns exec "$NS" "$TERN" replicate serve -v "$E2E_TMP/remote" --listen "$ADDR" \
-		--port $PORT >>"$E2E_TMP/serve.log" 2>&1 &
+		--port $PORT --key-file "$KEY" >>"$E2E_TMP/serve.log" 2>&1 &
 	SERVE_PID=$!
 	for _ in $(seq 50); do
 		grep -q "^serving" "$E2E_TMP/serve.log" && return 0
@@ -86,7 +90,7 @@ point() {
 	qemu-img compare -q "$sealed" "$REP/$top" ||
 		fail "point $1: the replica's top $top differs from the primary's sealed $sealed"
 	if [ -n "$NETNS" ]; then
-		"$TERN" replicate send --to "tcp:$ADDR:$PORT" "$sealed" >/dev/null ||
+		"$TERN" replicate send --key-file "$KEY" --to "tcp:$ADDR:$PORT" "$sealed" >/dev/null ||
 			fail "point $1: shipping over TCP failed"
 		qemu-img compare -q "$sealed" "$E2E_TMP/remote/$top" ||
 			fail "point $1: the remote replica differs from the primary"
@@ -135,6 +139,32 @@ TERN_PID=
 exec 3>&-
 
 if [ -n "$NETNS" ]; then
+	check "over TCP a sender must prove the server's key: a wrong key, none, or --insecure is refused"
+	before=$("$TERN" replicate show "$E2E_TMP/remote")
+	other=$E2E_TMP/other.key
+	(umask 077 && head -c 32 /dev/urandom | base64 >"$other")
+	# a fresh layer the replica does not have
+	"$TERN" img create -f qcow2 -b "$SEALED" -F qcow2 "$LAYERS/extra.qcow2" >/dev/null
+	"$TERN" replicate send --key-file "$other" --to "tcp:$ADDR:$PORT" "$LAYERS/extra.qcow2" \
+		>"$E2E_TMP/bad.log" 2>&1 && fail "a sender with a different key was accepted"
+	grep -q "different key" "$E2E_TMP/bad.log" || fail "wrong key: unclear error: $(cat "$E2E_TMP/bad.log")"
+	for _ in $(seq 20); do grep -q "failed to authenticate" "$E2E_TMP/serve.log" && break; sleep 0.1; done
+	grep -q "failed to authenticate" "$E2E_TMP/serve.log" ||
+		fail "the server did not report the failed authentication: $(tail -n 3 "$E2E_TMP/serve.log")"
+	"$TERN" replicate send --to "tcp:$ADDR:$PORT" "$LAYERS/extra.qcow2" >"$E2E_TMP/bad.log" 2>&1
+	rc=$?
+	[ $rc = 2 ] && grep -q "needs --key-file" "$E2E_TMP/bad.log" ||
+		fail "TCP without a key was not refused up front (rc $rc): $(cat "$E2E_TMP/bad.log")"
+	"$TERN" replicate send --insecure --to "tcp:$ADDR:$PORT" "$LAYERS/extra.qcow2" \
+		>"$E2E_TMP/bad.log" 2>&1 && fail "an unauthenticated sender was accepted"
+	grep -q "requires authentication" "$E2E_TMP/bad.log" ||
+		fail "--insecure against a keyed server: unclear error: $(cat "$E2E_TMP/bad.log")"
+	[ "$("$TERN" replicate show "$E2E_TMP/remote")" = "$before" ] ||
+		fail "a refused sender changed the replica"
+	ok "wrong key, no key and --insecure refused; the replica is unchanged"
+fi
+
+if [ -n "$NETNS" ]; then
 	check "a receiver killed mid-layer leaves the previous point; the next transfer resumes"
 	before=$("$TERN" replicate show "$E2E_TMP/remote" | tail -n 1)
 	big=$LAYERS/big.qcow2
@@ -143,7 +173,7 @@ if [ -n "$NETNS" ]; then
 	qemu-io -f qcow2 -c "write -P 0x5a 0 24M" "$big" >/dev/null || fail "cannot fill the big layer"
 	tc qdisc add dev "$VH" root tbf rate 32mbit burst 64kb latency 400ms 2>/dev/null ||
 		echo "    (no tc: the link is not throttled, the kill may come late)"
-	"$TERN" replicate send -v --to "tcp:$ADDR:$PORT" "$big" >"$E2E_TMP/send1.log" 2>&1 &
+	"$TERN" replicate send -v --key-file "$KEY" --to "tcp:$ADDR:$PORT" "$big" >"$E2E_TMP/send1.log" 2>&1 &
 	send_pid=$!
 	for _ in $(seq 200); do
 		part=$(find "$E2E_TMP/remote" -name '.part-*' -size +1M 2>/dev/null | head -n 1)
@@ -160,7 +190,7 @@ if [ -n "$NETNS" ]; then
 	[ "$after" = "$before" ] || fail "the latest point changed to '$after' after an interrupted transfer"
 	ok "receiver killed with $got bytes of the layer in; latest point still: $after"
 	start_server
-	"$TERN" replicate send -v --to "tcp:$ADDR:$PORT" "$big" >"$E2E_TMP/send2.log" 2>&1 ||
+	"$TERN" replicate send -v --key-file "$KEY" --to "tcp:$ADDR:$PORT" "$big" >"$E2E_TMP/send2.log" 2>&1 ||
 		fail "the resumed transfer failed: $(cat "$E2E_TMP/send2.log")"
 	resumed=$(sed -n 's/.*resumed at \([0-9]*\).*/\1/p' "$E2E_TMP/send2.log" | tail -n 1)
 	[ -n "$resumed" ] && [ "$resumed" -gt 0 ] || fail "the transfer did not resume: $(cat "$E2E_TMP/send2.log")"

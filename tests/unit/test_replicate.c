@@ -4,11 +4,13 @@
  * replica's names and reads like the original; shipping again moves
  * nothing; a layer with a bad checksum is refused and the latest point
  * stays; an interrupted layer resumes; hostile layer descriptions and a
- * different chain are refused.
+ * different chain are refused. Over TCP with a key: a wrong key, no key and
+ * a stream altered in flight are refused and leave nothing in the replica.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cmocka.h>
@@ -121,7 +124,7 @@ static void test_directory(void **state)
 	uint64_t bytes;
 	char path[600];
 
-	assert_int_equal(replicate_chain(f->l2, f->rep, &shipped, &bytes), 0);
+	assert_int_equal(replicate_chain(f->l2, f->rep, NULL, &shipped, &bytes), 0);
 	assert_int_equal(shipped, 3);
 	assert_true(bytes >= SIZE);
 	/* The file name's space is made safe; the backing names are the replica's. */
@@ -132,7 +135,7 @@ static void test_directory(void **state)
 	assert_string_equal(qi.backing_name, "001-l1.qcow2");
 	blk_close(bd);
 	/* Again: the replica has everything. */
-	assert_int_equal(replicate_chain(f->l2, f->rep, &shipped, &bytes), 0);
+	assert_int_equal(replicate_chain(f->l2, f->rep, NULL, &shipped, &bytes), 0);
 	assert_int_equal(shipped, 0);
 	assert_int_equal(bytes, 0);
 	if (qt_have_qemu_img())
@@ -209,7 +212,7 @@ static void test_bad_crc_and_resume(void **state)
 		unsigned shipped;
 		uint64_t bytes;
 
-		assert_int_equal(replicate_chain(f->l2, f->rep, &shipped, &bytes), 0);
+		assert_int_equal(replicate_chain(f->l2, f->rep, NULL, &shipped, &bytes), 0);
 		assert_int_equal(shipped, 1);
 	}
 	assert_replica_top(f, "002-l2_top.qcow2", 3);
@@ -254,6 +257,7 @@ static void test_hostile(void **state)
 struct server {
 	int lfd;
 	struct replica *r;
+	const struct replicate_key *key;
 	int ret;
 };
 
@@ -262,7 +266,7 @@ static void *serve_one(void *arg)
 	struct server *s = arg;
 	int fd = accept(s->lfd, NULL, NULL);
 
-	s->ret = fd < 0 ? -errno : replica_serve(s->r, fd);
+	s->ret = fd < 0 ? -errno : replica_serve(s->r, fd, s->key);
 	if (fd >= 0)
 		close(fd);
 	return NULL;
@@ -287,13 +291,176 @@ static void test_tcp(void **state)
 	assert_int_equal(replica_open(f->rep, &s.r), 0);
 	assert_int_equal(pthread_create(&t, NULL, serve_one, &s), 0);
 	snprintf(dest, sizeof(dest), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
-	assert_int_equal(replicate_chain(f->l2, dest, &shipped, &bytes), 0);
+	assert_int_equal(replicate_chain(f->l2, dest, NULL, &shipped, &bytes), 0);
 	pthread_join(t, NULL);
 	assert_int_equal(s.ret, 0);
 	assert_int_equal(shipped, 3);
 	replica_close(s.r);
 	close(s.lfd);
 	assert_replica_top(f, "002-l2_top.qcow2", 3);
+}
+
+/* A loopback listener; its port. */
+static unsigned listen_any(int *lfd)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof(a);
+
+	*lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(*lfd >= 0);
+	assert_int_equal(bind(*lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(*lfd, 1), 0);
+	assert_int_equal(getsockname(*lfd, (struct sockaddr *)&a, &alen), 0);
+	return ntohs(a.sin_port);
+}
+
+/*
+ * One transfer of f->l2's chain through a server holding skey, sent with
+ * ckey, to port (the server's, or a proxy's in front of it). The server's
+ * result in *sret; the sender's returned.
+ */
+static int transfer(struct fix *f, const struct replicate_key *skey,
+		    const struct replicate_key *ckey, int lfd, unsigned port, int *sret)
+{
+	struct server s = {.lfd = lfd, .key = skey};
+	unsigned shipped;
+	uint64_t bytes;
+	char dest[64];
+	pthread_t t;
+	int r;
+
+	assert_int_equal(replica_open(f->rep, &s.r), 0);
+	assert_int_equal(pthread_create(&t, NULL, serve_one, &s), 0);
+	snprintf(dest, sizeof(dest), "tcp:127.0.0.1:%u", port);
+	r = replicate_chain(f->l2, dest, ckey, &shipped, &bytes);
+	pthread_join(t, NULL);
+	replica_close(s.r);
+	*sret = s.ret;
+	return r;
+}
+
+static void make_key(struct replicate_key *k, int c)
+{
+	memset(k, 0, sizeof(*k));
+	k->len = 32;
+	memset(k->bytes, c, k->len);
+}
+
+/* A man in the middle that flips one byte of what the sender sends, at flip_at. */
+struct proxy {
+	int lfd;
+	unsigned server_port;
+	uint64_t flip_at;
+};
+
+static void pump(int from, int to, uint64_t *seen, uint64_t flip_at)
+{
+	char buf[65536];
+	ssize_t n = recv(from, buf, sizeof(buf), 0);
+
+	if (n <= 0) {
+		shutdown(to, SHUT_WR);
+		return;
+	}
+	if (flip_at != UINT64_MAX && flip_at >= *seen && flip_at < *seen + (uint64_t)n)
+		buf[flip_at - *seen] ^= 0x01;
+	*seen += (uint64_t)n;
+	if (send(to, buf, (size_t)n, MSG_NOSIGNAL) != n)
+		shutdown(to, SHUT_WR);
+}
+
+static void *proxy_one(void *arg)
+{
+	struct proxy *p = arg;
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+				.sin_port = htons((uint16_t)p->server_port)};
+	int c = accept(p->lfd, NULL, NULL), sv = socket(AF_INET, SOCK_STREAM, 0);
+	uint64_t up = 0, down = 0;
+
+	if (c < 0 || sv < 0 || connect(sv, (struct sockaddr *)&a, sizeof(a)) < 0)
+		goto out;
+	for (;;) {
+		struct pollfd pf[2] = {{.fd = c, .events = POLLIN}, {.fd = sv, .events = POLLIN}};
+
+		if (poll(pf, 2, 5000) <= 0 || (pf[0].revents & (POLLERR | POLLNVAL)) ||
+		    (pf[1].revents & (POLLERR | POLLNVAL | POLLHUP)))
+			break;
+		if (pf[0].revents & (POLLIN | POLLHUP))
+			pump(c, sv, &up, p->flip_at);
+		if (pf[1].revents & POLLIN)
+			pump(sv, c, &down, UINT64_MAX);
+		if (pf[0].revents & POLLHUP)
+			break;
+	}
+out:
+	if (c >= 0)
+		close(c);
+	if (sv >= 0)
+		close(sv);
+	return NULL;
+}
+
+static void test_tcp_key(void **state)
+{
+	struct fix *f = *state;
+	struct replicate_key key, other;
+	struct replica *r;
+	struct proxy p;
+	pthread_t t;
+	int lfd, sret;
+	unsigned port = listen_any(&lfd);
+
+	make_key(&key, 'k');
+	make_key(&other, 'o');
+	/* A different key: both ends refuse, nothing is installed. */
+	assert_int_equal(transfer(f, &key, &other, lfd, port, &sret), -EACCES);
+	assert_int_equal(sret, -EACCES);
+	/* No key against a server that has one. */
+	assert_true(transfer(f, &key, NULL, lfd, port, &sret) < 0);
+	assert_int_equal(sret, -EACCES);
+	/* A key against a server without one. */
+	assert_true(transfer(f, NULL, &key, lfd, port, &sret) < 0);
+	assert_int_equal(replica_open(f->rep, &r), 0);
+	assert_int_equal(replica_nlayers(r), 0);
+	replica_close(r);
+
+	/* One bit changed in the layer data in flight: the receiver refuses it. */
+	p = (struct proxy){.server_port = port, .flip_at = 3000};
+	assert_int_equal(pthread_create(&t, NULL, proxy_one, &p), 0);
+	assert_true(transfer(f, &key, &key, lfd, listen_any(&p.lfd), &sret) < 0);
+	pthread_join(t, NULL);
+	close(p.lfd);
+	assert_int_equal(sret, -EBADMSG);
+	assert_int_equal(replica_open(f->rep, &r), 0);
+	assert_int_equal(replica_nlayers(r), 0);
+	replica_close(r);
+
+	/* The right key: the chain arrives whole. */
+	assert_int_equal(transfer(f, &key, &key, lfd, port, &sret), 0);
+	assert_int_equal(sret, 0);
+	close(lfd);
+	assert_replica_top(f, "002-l2_top.qcow2", 3);
+}
+
+static void test_key_file(void **state)
+{
+	struct fix *f = *state;
+	struct replicate_key k;
+	char path[600];
+
+	snprintf(path, sizeof(path), "%s/key", f->dir);
+	assert_int_equal(
+	    qt_sh("printf '0123456789abcdef0123\\n' >'%s'; chmod 600 '%s'", path, path), 0);
+	assert_int_equal(replicate_key_load(path, &k), 0);
+	assert_int_equal(k.len, 20); /* the newline is not part of it */
+	assert_memory_equal(k.bytes, "0123456789abcdef0123", 20);
+	/* Readable by others: no secret. */
+	assert_int_equal(qt_sh("chmod 644 '%s'", path), 0);
+	assert_int_equal(replicate_key_load(path, &k), -EPERM);
+	/* Too short to resist guessing. */
+	assert_int_equal(qt_sh("printf 'short' >'%s'; chmod 600 '%s'", path, path), 0);
+	assert_int_equal(replicate_key_load(path, &k), -EINVAL);
 }
 
 int main(void)
@@ -303,6 +470,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_crc_and_resume, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tcp_key, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_key_file, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
