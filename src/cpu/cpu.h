@@ -126,4 +126,11 @@ extern const struct cpu_backend cpu_backend_emu;
 /* True if /dev/kvm can run an unmodified kernel here (host has VMX or SVM). */
 bool cpu_kvm_has_hw_virt(void);
 
+/*
+ * What this host's KVM offers for the CPUID leaves the emulator's portable
+ * model limits (cpu/emu/emu_cpuid.h: emu_cpuid_limit_ids). 0 or -errno
+ * (no /dev/kvm: -ENOENT or -EACCES).
+ */
+int cpu_kvm_host_limits(uint32_t lim[6][4]);
+
 #endif

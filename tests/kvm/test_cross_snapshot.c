@@ -4,8 +4,9 @@
  * the emulator, through the backend-neutral record alone (the real codec:
  * cpu_neutral_save/decode/check), the vCPU records and a copy of RAM.
  *
- * Both VMs present the emulator's CPU model (cpu_model_cfg.baseline) at
- * this host's KVM TSC rate and KVM's 1 GHz LAPIC timer. The
+ * Both VMs present the emulator's portable CPU model (cpu_model_cfg.baseline:
+ * the emulator's features that this host's KVM also offers) at this host's
+ * KVM TSC rate and KVM's 1 GHz LAPIC timer. The
  * guest counts in r12 and in memory with its LAPIC timer armed (one-shot,
  * vector 0x42) and IOAPIC pin 5 routed to vector 0x41; vCPU 1 is never
  * started. After the move: the count continues, the timer fires with the
@@ -336,9 +337,9 @@ int main(void)
 	free(s.ram);
 
 	test_host_model_refused();
-	printf("PASS: cross-backend snapshots: KVM -> emu%s continues the count, the LAPIC timer "
-	       "and IOAPIC routing, the AP waits for SIPI; damaged records and missing CPU "
-	       "features refused\n",
+	printf("PASS: cross-backend snapshots: after KVM -> emu%s the count, the LAPIC timer and "
+	       "IOAPIC routing continue and the AP waits for SIPI; damaged records and missing "
+	       "CPU features refused\n",
 	       emu_to_kvm_ran ? " and emu -> KVM" : " (emu -> KVM refused: features)");
 	return 0;
 }

@@ -51,6 +51,9 @@ static int bk_vm_create(struct vm *vm)
 		ev->sys.tsc_khz = vm->model.tsc_khz;
 	if (vm->model.apic_tick_ns)
 		ev->sys.apic_tick_ns = vm->model.apic_tick_ns;
+	/* The portable model: only what this host's KVM could also give the guest. */
+	if (vm->model.baseline)
+		ev->sys.has_limit = cpu_kvm_host_limits(ev->sys.limit) == 0;
 	ev->cpus = calloc((size_t)vm->ncpus, sizeof(*ev->cpus));
 	if (!ev->cpus) {
 		err = -ENOMEM;

@@ -38,7 +38,7 @@ struct emu_lapic {
 	uint32_t icr_lo, icr_hi;
 	uint32_t lvt[7]; /* timer, thermal, perf, LINT0, LINT1, error, CMCI */
 	uint32_t tmict, tdcr;
-	uint32_t tick_ns; /* timer input period: the VM's apic_tick_ns */
+	uint32_t tick_ns;     /* timer input period: the VM's apic_tick_ns */
 	uint64_t timer_start; /* host ns when TMICT was written */
 	uint64_t timer_due;   /* host ns of the next expiry, 0 when idle */
 	uint64_t tsc_deadline;
@@ -81,7 +81,10 @@ struct emu_sys_vm {
 	 * a KVM host keeps the rates it calibrated to (cpu_model_cfg).
 	 */
 	uint32_t tsc_khz, apic_tick_ns;
-	uint32_t dead;	    /* atomic: vCPUs with sys.dead set; all of them: run() returns HLT */
+	/* The portable model: CPUID limited to what this host's KVM offers (emu_cpuid.h). */
+	bool has_limit;
+	uint32_t limit[6][4];
+	uint32_t dead; /* atomic: vCPUs with sys.dead set; all of them: run() returns HLT */
 };
 
 /*

@@ -144,7 +144,53 @@ static void timing_leaf(const struct emu_cpuid_ctx *x, uint32_t out[4])
 	out[2] = crystal_khz * 1000u;
 }
 
+const uint32_t emu_cpuid_limit_ids[EMU_CPUID_LIMITS][2] = {
+    {1, 0}, {6, 0}, {7, 0}, {0x80000001, 0}, {0x80000007, 0}, {0x80000008, 0},
+};
+
+/* Feature registers per limited leaf (bit 0 eax .. 3 edx); 0x80000008 EAX is widths. */
+_Static_assert(EMU_CPUID_LIMITS == 6, "cpu_kvm_host_limits() and emu_sys_vm.limit hold 6 leaves");
+
+static const uint8_t limit_regs[EMU_CPUID_LIMITS] = {0xc, 0x1, 0xe, 0xc, 0x8, 0};
+
+static uint32_t min_byte(uint32_t a, uint32_t b, unsigned shift)
+{
+	uint32_t x = a >> shift & 0xff, y = b >> shift & 0xff;
+
+	return (a & ~(0xffu << shift)) | (x < y ? x : y) << shift;
+}
+
+static void apply_limit(const uint32_t host[4], unsigned li, uint32_t out[4])
+{
+	/* HTT follows the vCPU count on both backends (KVM's table sets it per vCPU). */
+	const uint32_t keep_edx = emu_cpuid_limit_ids[li][0] == 1 ? 1u << 28 : 0;
+
+	for (int j = 0; j < 4; j++) {
+		if (limit_regs[li] >> j & 1)
+			out[j] &= host[j] | (j == 3 ? keep_edx : 0);
+	}
+	if (emu_cpuid_limit_ids[li][0] == 1)
+		out[2] |= 1u << 31; /* "running under a hypervisor": true on either backend */
+	if (emu_cpuid_limit_ids[li][0] == 0x80000008) {
+		out[0] = min_byte(out[0], host[0], 0); /* physical address bits */
+		out[0] = min_byte(out[0], host[0], 8); /* linear address bits */
+	}
+}
+
+static void emu_cpuid_full(const struct emu_cpuid_ctx *x, uint32_t leaf, uint32_t sub,
+			   uint32_t out[4]);
+
 void emu_cpuid_model(const struct emu_cpuid_ctx *x, uint32_t leaf, uint32_t sub, uint32_t out[4])
+{
+	emu_cpuid_full(x, leaf, sub, out);
+	for (unsigned i = 0; x->limit && i < EMU_CPUID_LIMITS; i++) {
+		if (emu_cpuid_limit_ids[i][0] == leaf && emu_cpuid_limit_ids[i][1] == sub)
+			apply_limit(x->limit[i], i, out);
+	}
+}
+
+static void emu_cpuid_full(const struct emu_cpuid_ctx *x, uint32_t leaf, uint32_t sub,
+			   uint32_t out[4])
 {
 	static const char brand[48] = "tern virtual CPU @ 1.00GHz";
 
@@ -222,6 +268,7 @@ void emu_cpuid(struct emu_cpu *c, uint32_t leaf, uint32_t sub, uint32_t out[4])
 	    .apic_id = c->sys.apic.id,
 	    .tsc_khz = c->vm->sys.tsc_khz,
 	    .apic_tick_ns = c->vm->sys.apic_tick_ns,
+	    .limit = c->vm->sys.has_limit ? (const uint32_t(*)[4])c->vm->sys.limit : NULL,
 	};
 
 	emu_cpuid_model(&x, leaf, sub, out);

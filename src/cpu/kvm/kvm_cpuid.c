@@ -8,9 +8,11 @@
 #include "cpu/kvm/kvm_priv.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "cpu/emu/emu_cpuid.h"
 #include "util/log.h"
@@ -65,51 +67,43 @@ static const uint32_t baseline_leaves[][2] = {
     {0x80000003, 0}, {0x80000004, 0}, {0x80000007, 0}, {0x80000008, 0},
 };
 
-/* Feature words (register masks per leaf: bit 0 eax .. 3 edx) limited to what KVM offers. */
-static uint8_t feature_regs(uint32_t fn)
+/* What host offers for the leaves the portable model limits. */
+static void host_limits(const struct kvm_cpuid2 *host, uint32_t lim[EMU_CPUID_LIMITS][4])
 {
-	switch (fn) {
-	case 1:
-		return 0xc;
-	case 6:
-		return 0x1;
-	case 7:
-		return 0xe;
-	case 0x80000001:
-	case 0x80000007:
-		return 0xc;
-	default:
-		return 0;
+	for (unsigned i = 0; i < EMU_CPUID_LIMITS; i++) {
+		const struct kvm_cpuid_entry2 *h =
+		    kvm_cpuid_find(host, emu_cpuid_limit_ids[i][0], emu_cpuid_limit_ids[i][1]);
+
+		lim[i][0] = h ? h->eax : 0;
+		lim[i][1] = h ? h->ebx : 0;
+		lim[i][2] = h ? h->ecx : 0;
+		lim[i][3] = h ? h->edx : 0;
 	}
 }
 
-static void baseline_entry(const struct kvm_cpuid2 *host, const struct emu_cpuid_ctx *x,
-			   const uint32_t id[2], struct kvm_cpuid_entry2 *e)
+int cpu_kvm_host_limits(uint32_t lim[6][4])
 {
-	const struct kvm_cpuid_entry2 *h = kvm_cpuid_find(host, id[0], id[1]);
-	uint32_t r[4], hr[4] = {0};
-	uint8_t regs = feature_regs(id[0]);
+	struct kvm_vm_priv kv = {.vm_fd = -1};
+	int rc;
+
+	kv.kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kv.kvm_fd < 0)
+		return -errno;
+	rc = cpuid_load_supported(&kv);
+	close(kv.kvm_fd);
+	if (rc)
+		return rc;
+	host_limits(kv.cpuid, lim);
+	free(kv.cpuid);
+	return 0;
+}
+
+static void baseline_entry(const struct emu_cpuid_ctx *x, const uint32_t id[2],
+			   struct kvm_cpuid_entry2 *e)
+{
+	uint32_t r[4];
 
 	emu_cpuid_model(x, id[0], id[1], r);
-	if (h) {
-		hr[0] = h->eax;
-		hr[1] = h->ebx;
-		hr[2] = h->ecx;
-		hr[3] = h->edx;
-	}
-	for (int j = 0; j < 4; j++) {
-		if (regs >> j & 1)
-			r[j] &= hr[j];
-	}
-	if (id[0] == 1)
-		r[2] |= 1u << 31; /* "running under a hypervisor": true on either backend */
-	if (id[0] == 0x80000008 && h) {
-		/* Address widths: the smaller of the two. */
-		if ((h->eax & 0xff) < (r[0] & 0xff))
-			r[0] = (r[0] & ~0xffu) | (h->eax & 0xff);
-		if ((h->eax >> 8 & 0xff) < (r[0] >> 8 & 0xff))
-			r[0] = (r[0] & ~0xff00u) | (h->eax & 0xff00);
-	}
 	*e = (struct kvm_cpuid_entry2){.function = id[0], .index = id[1]};
 	if (id[0] == 7 || id[0] == 0xb)
 		e->flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
@@ -123,16 +117,19 @@ static void baseline_entry(const struct kvm_cpuid2 *host, const struct emu_cpuid
 static int cpuid_baseline(struct kvm_vm_priv *kv, int ncpus)
 {
 	const unsigned n = sizeof(baseline_leaves) / sizeof(baseline_leaves[0]);
+	uint32_t lim[EMU_CPUID_LIMITS][4];
 	const struct emu_cpuid_ctx x = {.ncpus = ncpus > 0 ? (uint32_t)ncpus : 1,
 					.tsc_khz = kv->model.tsc_khz,
-					.apic_tick_ns = kv->model.apic_tick_ns};
+					.apic_tick_ns = kv->model.apic_tick_ns,
+					.limit = (const uint32_t(*)[4])lim};
 	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
 
 	if (!c)
 		return -ENOMEM;
+	host_limits(kv->cpuid, lim);
 	c->nent = n;
 	for (unsigned i = 0; i < n; i++)
-		baseline_entry(kv->cpuid, &x, baseline_leaves[i], &c->entries[i]);
+		baseline_entry(&x, baseline_leaves[i], &c->entries[i]);
 	free(kv->cpuid);
 	kv->cpuid = c;
 	return 0;
