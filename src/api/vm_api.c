@@ -237,7 +237,7 @@ static struct json_object *vm_stats(struct api *api)
 	struct json_object *vcpus = json_object_new_array();
 	struct json_object *mem = json_object_new_object();
 	struct json_object *apio = json_object_new_object();
-	uint64_t total = 0;
+	uint64_t total = 0, huge;
 
 	if (!o || !vcpus || !mem || !apio) {
 		json_object_put(o);
@@ -263,6 +263,9 @@ static struct json_object *vm_stats(struct api *api)
 	add_u64(o, "exits_total", total);
 	add_u64(mem, "guest_bytes", vm->mem.size);
 	add_u64(mem, "guest_resident_bytes", guest_resident_bytes(&vm->mem));
+	add_str(mem, "backing", gm_backing_name(vm->mem.backing));
+	if (gm_huge_bytes(&vm->mem, &huge) == 0)
+		add_u64(mem, "guest_huge_bytes", huge);
 	add_u64(mem, "host_rss_bytes", host_rss_bytes());
 	api_memory_reclaim(api, mem);
 	json_object_object_add(o, "memory", mem);

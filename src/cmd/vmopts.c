@@ -27,7 +27,8 @@ enum {
 	O_DISK,
 	O_ACCEL,
 	O_API_SOCKET,
-	O_BALLOON
+	O_BALLOON,
+	O_MEM_BACKING
 };
 
 static const struct option vm_longopts[] = {
@@ -40,6 +41,7 @@ static const struct option vm_longopts[] = {
     {"accel", required_argument, NULL, O_ACCEL},
     {"api-socket", required_argument, NULL, O_API_SOCKET},
     {"balloon", no_argument, NULL, O_BALLOON},
+    {"mem-backing", required_argument, NULL, O_MEM_BACKING},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
 };
@@ -56,6 +58,8 @@ void vmopts_usage(FILE *f)
 		"  --api-socket PATH   serve the control API on this Unix socket (docs/api.md)\n"
 		"  --balloon           virtio-balloon with statistics and free page reporting\n"
 		"                      (docs/memory.md; target set through the API)\n"
+		"  --mem-backing auto|memfd|anon  what backs guest RAM (default auto: memfd\n"
+		"                      when the host gives shared memory huge pages, else anon)\n"
 		"  --accel kvm|emu|auto    CPU backend (default auto: kvm when the host has\n"
 		"                      VMX/SVM, else tern's emulator)\n"
 		"  -v, --verbose       more messages from tern (twice: debug)\n"
@@ -185,6 +189,11 @@ static int parse_one(struct vmopts *o, int c, const char *arg)
 		return set_str(&o->desc.api_socket, arg);
 	case O_BALLOON:
 		o->desc.balloon = true;
+		return 0;
+	case O_MEM_BACKING:
+		if (gm_backing_parse(arg, &o->desc.mem_backing))
+			return usage_error(o, "--mem-backing '%s': choose auto, memfd or anon",
+					   arg);
 		return 0;
 	case 'v':
 		o->verbose++;

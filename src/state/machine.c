@@ -343,8 +343,10 @@ int machine_desc_build(struct vm *vm, const struct machine_desc *d, int console_
 
 int machine_create(struct vm *vm, const struct machine_desc *d, int console_fd)
 {
-	struct vm_config cfg = {
-	    .mem_size = d->mem_mib << 20, .ncpus = d->cpus, .cpu = machine_desc_backend(d)};
+	struct vm_config cfg = {.mem_size = d->mem_mib << 20,
+				.mem_backing = d->mem_backing,
+				.ncpus = d->cpus,
+				.cpu = machine_desc_backend(d)};
 	int err;
 
 	pr_info("backend %s, %d vCPU(s), %llu MiB", cfg.cpu->name, d->cpus,
@@ -354,6 +356,8 @@ int machine_create(struct vm *vm, const struct machine_desc *d, int console_fd)
 		pr_err("cannot create the VM (%s backend): %s", cfg.cpu->name, strerror(-err));
 		return err;
 	}
+	pr_info("guest RAM: %s backing, host huge pages %s", gm_backing_name(vm->mem.backing),
+		gm_backing_thp_allowed(vm->mem.backing) ? "allowed" : "off");
 	err = machine_desc_build(vm, d, console_fd, true);
 	if (err)
 		vm_destroy(vm);

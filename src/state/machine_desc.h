@@ -14,6 +14,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "vmm/mem.h"
+
 struct vm;
 struct cpu_backend;
 
@@ -37,8 +39,10 @@ struct machine_desc {
 	struct machine_disk disks[MACHINE_MAX_DISKS];
 	bool balloon;  /* virtio-balloon */
 	bool identity; /* the identity device (state/identity.h); false only in old snapshots */
-	/* Not part of the machine, so not saved: where the control API listens. */
+	/* Not part of the machine, so not saved: where the control API listens, */
 	char *api_socket;
+	/* and what backs guest RAM (a restored VM maps its snapshot's file). */
+	enum gm_backing mem_backing;
 };
 
 /* Free every string and zero d. */

@@ -305,7 +305,8 @@ int snapshot_read_desc(const char *state_path, const char *mem_path, struct mach
 
 int snapshot_restore(struct vm *vm, const struct snapshot_restore_cfg *cfg, char *why, size_t wl)
 {
-	struct vm_config vc;
+	/* RAM is mapped from the snapshot's file at once: no memfd to create first. */
+	struct vm_config vc = {.mem_backing = GM_BACKING_ANON};
 	struct snap_image img;
 	struct machine_desc sd;
 	struct cpu_neutral *n = NULL;

@@ -1,6 +1,8 @@
 #include "vmm/mem.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,29 +10,156 @@
 #include <time.h>
 #include <unistd.h>
 
-int gm_init(struct guest_mem *gm, uint64_t size)
+#define HUGE_SIZE (2ull << 20)
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage/"
+
+static const char *const backing_names[] = {
+    [GM_BACKING_AUTO] = "auto",
+    [GM_BACKING_MEMFD] = "memfd",
+    [GM_BACKING_ANON] = "anon",
+    [GM_BACKING_FILE] = "file",
+};
+
+const char *gm_backing_name(enum gm_backing backing)
 {
+	return (unsigned)backing < 4 ? backing_names[backing] : "?";
+}
+
+int gm_backing_parse(const char *s, enum gm_backing *out)
+{
+	for (enum gm_backing b = GM_BACKING_AUTO; b < GM_BACKING_FILE; b++) {
+		if (!strcmp(s, backing_names[b])) {
+			*out = b;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* The selected word of a THP sysfs knob ("always [madvise] never"), or "" if absent. */
+static void thp_knob(const char *name, char *out, size_t n)
+{
+	char path[128], line[160], *l, *r;
+	FILE *f;
+
+	out[0] = 0;
+	snprintf(path, sizeof(path), THP_SYSFS "%s", name);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	if (fgets(line, sizeof(line), f) && (l = strchr(line, '[')) && (r = strchr(l, ']')) &&
+	    (size_t)(r - l) <= n) {
+		memcpy(out, l + 1, (size_t)(r - l - 1));
+		out[r - l - 1] = 0;
+	}
+	fclose(f);
+}
+
+static bool word_in(const char *w, const char *const *list)
+{
+	for (; *list; list++) {
+		if (!strcmp(w, *list))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * 2 MiB THP for a madvise(MADV_HUGEPAGE)d range: the per-size knob wins
+ * unless it says "inherit" (or predates per-size knobs), then the global one.
+ */
+bool gm_backing_thp_allowed(enum gm_backing backing)
+{
+	static const char *const anon_yes[] = {"always", "madvise", NULL};
+	static const char *const shmem_yes[] = {"always", "within_size", "advise", "force", NULL};
+	bool shmem = backing == GM_BACKING_MEMFD;
+	char v[32];
+
+	if (backing != GM_BACKING_MEMFD && backing != GM_BACKING_ANON)
+		return false;
+	thp_knob(shmem ? "hugepages-2048kB/shmem_enabled" : "hugepages-2048kB/enabled", v,
+		 sizeof(v));
+	if (!v[0] || !strcmp(v, "inherit"))
+		thp_knob(shmem ? "shmem_enabled" : "enabled", v, sizeof(v));
+	return word_in(v, shmem ? shmem_yes : anon_yes);
+}
+
+enum gm_backing gm_backing_auto(void)
+{
+	return gm_backing_thp_allowed(GM_BACKING_MEMFD) ? GM_BACKING_MEMFD : GM_BACKING_ANON;
+}
+
+/*
+ * An address range of size bytes aligned to 2 MiB, reserved (PROT_NONE), so
+ * guest 2 MiB pages and host huge pages line up. NULL and errno on failure.
+ */
+static uint8_t *reserve_aligned(uint64_t size)
+{
+	uint8_t *p = mmap(NULL, size + HUGE_SIZE, PROT_NONE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint64_t head;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	head = (HUGE_SIZE - ((uintptr_t)p & (HUGE_SIZE - 1))) & (HUGE_SIZE - 1);
+	if (head)
+		munmap(p, head);
+	munmap(p + head + size, HUGE_SIZE - head);
+	return p + head;
+}
+
+/* Map RAM over the reservation at gm->hva. 0 or -errno. */
+static int map_ram(struct guest_mem *gm)
+{
+	int flags = MAP_FIXED | MAP_NORESERVE;
+	void *p;
+
+	if (gm->backing == GM_BACKING_MEMFD) {
+		gm->fd = memfd_create("tern-guest-ram", MFD_CLOEXEC);
+		if (gm->fd < 0 || ftruncate(gm->fd, (off_t)gm->size) < 0)
+			return -errno;
+		p = mmap(gm->hva, gm->size, PROT_READ | PROT_WRITE, flags | MAP_SHARED, gm->fd, 0);
+	} else {
+		p = mmap(gm->hva, gm->size, PROT_READ | PROT_WRITE,
+			 flags | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
+	if (p == MAP_FAILED)
+		return -errno;
+	/*
+	 * A private mapping would be copied-on-write into a forked child; no
+	 * child needs guest RAM (helpers are spawned, clones exec).
+	 */
+	if (gm->backing == GM_BACKING_ANON)
+		madvise(gm->hva, gm->size, MADV_DONTFORK);
+	/* Huge pages where the host allows; a hint, failure is harmless. */
+	madvise(gm->hva, gm->size, MADV_HUGEPAGE);
+	return 0;
+}
+
+int gm_init_backing(struct guest_mem *gm, uint64_t size, enum gm_backing backing)
+{
+	int err;
+
 	memset(gm, 0, sizeof(*gm));
 	gm->fd = -1;
 	pthread_mutex_init(&gm->dirty_lock, NULL);
-	if (size == 0 || size % GM_PAGE_SIZE)
+	if (size == 0 || size % GM_PAGE_SIZE || size > UINT64_MAX - HUGE_SIZE ||
+	    backing > GM_BACKING_ANON)
 		return -EINVAL;
 	gm->size = size;
 	gm->low_size = size < MEM_HOLE_START ? size : MEM_HOLE_START;
 	gm->high_size = size - gm->low_size;
-	gm->fd = memfd_create("tern-guest-ram", MFD_CLOEXEC);
-	if (gm->fd < 0)
-		return -errno;
-	if (ftruncate(gm->fd, (off_t)size) < 0)
-		goto fail;
-	gm->hva = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, gm->fd, 0);
-	if (gm->hva == MAP_FAILED) {
-		gm->hva = NULL;
+	gm->backing = backing == GM_BACKING_AUTO ? gm_backing_auto() : backing;
+	gm->hva = reserve_aligned(size);
+	if (!gm->hva) {
+		err = -errno;
 		goto fail;
 	}
-	/* Huge pages where the host allows; a hint, failure is harmless. */
-	madvise(gm->hva, size, MADV_HUGEPAGE);
+	err = map_ram(gm);
+	if (err)
+		goto fail;
 	gm->npages = size >> GM_PAGE_SHIFT;
+	err = -ENOMEM;
 	gm->dirty = calloc((gm->npages + 63) / 64, sizeof(uint64_t));
 	if (!gm->dirty)
 		goto fail;
@@ -39,11 +168,69 @@ int gm_init(struct guest_mem *gm, uint64_t size)
 	if (!gm->pins)
 		goto fail;
 	return 0;
-fail : {
-	int err = errno ? -errno : -ENOMEM;
+fail:
 	gm_destroy(gm);
 	return err;
 }
+
+int gm_init(struct guest_mem *gm, uint64_t size)
+{
+	return gm_init_backing(gm, size, GM_BACKING_AUTO);
+}
+
+int gm_discard(struct guest_mem *gm, uint64_t off, uint64_t len)
+{
+	switch (gm->backing) {
+	case GM_BACKING_MEMFD:
+		if (fallocate(gm->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+			      (off_t)len) == 0)
+			return 0;
+		return madvise(gm->hva + off, len, MADV_REMOVE) ? -errno : 0;
+	case GM_BACKING_ANON:
+		return madvise(gm->hva + off, len, MADV_DONTNEED) ? -errno : 0;
+	default:
+		return -EOPNOTSUPP;
+	}
+}
+
+/* Sum of the huge-page fields of the smaps entries inside [lo, hi). */
+static int smaps_huge(FILE *f, uintptr_t lo, uintptr_t hi, uint64_t *out)
+{
+	static const char *const fields[] = {
+	    "AnonHugePages:", "ShmemPmdMapped:", "FilePmdMapped:", NULL};
+	char line[512], perms[8];
+	unsigned long start, end;
+	bool inside = false;
+
+	*out = 0;
+	while (fgets(line, sizeof(line), f)) {
+		char name[32];
+		unsigned long long kb;
+
+		if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) == 3) {
+			inside = start >= lo && end <= hi;
+			continue;
+		}
+		if (inside && sscanf(line, "%31s %llu kB", name, &kb) == 2 && word_in(name, fields))
+			*out += (uint64_t)kb << 10;
+	}
+	return ferror(f) ? -EIO : 0;
+}
+
+int gm_huge_bytes(const struct guest_mem *gm, uint64_t *out)
+{
+	FILE *f;
+	int err;
+
+	*out = 0;
+	if (!gm->hva)
+		return -EINVAL;
+	f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -errno;
+	err = smaps_huge(f, (uintptr_t)gm->hva, (uintptr_t)gm->hva + gm->size, out);
+	fclose(f);
+	return err;
 }
 
 void gm_destroy(struct guest_mem *gm)
@@ -72,6 +259,7 @@ int gm_map_file_private(struct guest_mem *gm, int fd, uint64_t offset)
 	if (gm->fd >= 0)
 		close(gm->fd);
 	gm->fd = -1;
+	gm->backing = GM_BACKING_FILE;
 	return 0;
 }
 

@@ -26,12 +26,26 @@
 #define MEM_HOLE_START 0xC0000000ull /* 3 GiB: PCI MMIO, IOAPIC, LAPIC above */
 #define MEM_HIGH_START 0x100000000ull
 
+/*
+ * What backs guest RAM (docs/memory.md). AUTO picks MEMFD when the host
+ * gives shared memory transparent huge pages, else ANON, which gets them
+ * under the more common anonymous THP setting. FILE is a restored VM's
+ * private mapping of its snapshot's memory file.
+ */
+enum gm_backing {
+	GM_BACKING_AUTO,
+	GM_BACKING_MEMFD, /* memfd, MAP_SHARED; released by punching holes */
+	GM_BACKING_ANON,  /* anonymous, MAP_PRIVATE; released by MADV_DONTNEED */
+	GM_BACKING_FILE,  /* a file, MAP_PRIVATE (restore); pages cannot be released */
+};
+
 struct guest_mem {
 	uint8_t *hva;	    /* host mapping of all guest RAM */
 	uint64_t size;	    /* total RAM bytes */
 	uint64_t low_size;  /* RAM bytes mapped at gpa [0, low_size) */
 	uint64_t high_size; /* RAM bytes mapped at gpa [4 GiB, 4 GiB + high_size) */
 	int fd;		    /* memfd backing the mapping, -1 if anonymous */
+	enum gm_backing backing;
 
 	/* One bit per RAM page (indexed by page offset into hva), set on write. */
 	uint64_t *dirty;
@@ -65,15 +79,37 @@ struct guest_mem {
 #define GM_PIN_CLAIM 0x80000000u
 #define GM_PIN_MAX 0x7fffffffu
 
-/* Allocate size bytes of guest RAM. Returns 0 or -errno. */
+/* Allocate size bytes of guest RAM (backing AUTO). Returns 0 or -errno. */
 int gm_init(struct guest_mem *gm, uint64_t size);
+/* The same with a chosen backing (not FILE). */
+int gm_init_backing(struct guest_mem *gm, uint64_t size, enum gm_backing backing);
+/* What AUTO resolves to on this host (reads /sys/kernel/mm/transparent_hugepage). */
+enum gm_backing gm_backing_auto(void);
+/* True if the host's THP setting lets this backing get huge pages (MADV_HUGEPAGE). */
+bool gm_backing_thp_allowed(enum gm_backing backing);
+/* "auto", "memfd", "anon", "file"; parse returns 0 or -EINVAL (not "file"). */
+const char *gm_backing_name(enum gm_backing backing);
+int gm_backing_parse(const char *s, enum gm_backing *out);
+/*
+ * Bytes of guest RAM mapped by huge pages right now (AnonHugePages,
+ * ShmemPmdMapped and FilePmdMapped of its mapping in /proc/self/smaps).
+ * 0 or -errno.
+ */
+int gm_huge_bytes(const struct guest_mem *gm, uint64_t *out);
+/*
+ * Give [off, off+len) of the mapping (page aligned) back to the host; it
+ * reads as zero afterwards, and a write allocates a fresh page. A huge page
+ * partly inside the range is split. -EOPNOTSUPP for FILE backing (dropping
+ * a private page would bring back the file's bytes, not zeros).
+ */
+int gm_discard(struct guest_mem *gm, uint64_t off, uint64_t len);
 void gm_destroy(struct guest_mem *gm);
 /*
  * Replace all guest RAM with a private (copy-on-write) mapping of fd from
  * offset (a snapshot's memory file): nothing is read now, pages come from
  * the file on first touch and writes stay in this process. The host
  * address does not change. Call before any vCPU runs. Afterwards gm->fd is
- * -1: released pages cannot be punched out of the file. 0 or -errno.
+ * -1 and the backing FILE: pages cannot be released. 0 or -errno.
  */
 int gm_map_file_private(struct guest_mem *gm, int fd, uint64_t offset);
 

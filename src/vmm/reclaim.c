@@ -14,7 +14,6 @@
 #include "vmm/reclaim.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,16 +70,15 @@ static int sync_dirty(struct vm *vm)
 	return vm->cpu && vm->cpu->sync_dirty ? vm->cpu->sync_dirty(vm) : 0;
 }
 
-/* Give [off, off+len) of the memfd back to the host; it reads as zero afterwards. */
+/* Give [off, off+len) back to the host; it reads as zero afterwards. */
 static int punch(struct guest_mem *gm, uint64_t off, uint64_t len)
 {
-	if (gm->fd >= 0 && fallocate(gm->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-				     (off_t)len) == 0)
-		return 0;
-	if (madvise(gm->hva + off, len, MADV_REMOVE) == 0)
-		return 0;
-	pr_warn_once("reclaim: cannot release guest memory: %s", strerror(errno));
-	return -errno;
+	int err = gm_discard(gm, off, len);
+
+	if (err)
+		pr_warn_once("reclaim: cannot release guest memory (%s backing): %s",
+			     gm_backing_name(gm->backing), strerror(-err));
+	return err;
 }
 
 /* True when no started vCPU is inside the guest; caller holds vm->lock. */

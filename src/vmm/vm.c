@@ -116,7 +116,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 		err = bus_init(&vm->mmio, "mmio");
 	if (err)
 		goto fail_bus;
-	err = gm_init(&vm->mem, cfg->mem_size);
+	err = gm_init_backing(&vm->mem, cfg->mem_size, cfg->mem_backing);
 	if (err) {
 		pr_err("cannot allocate %llu MiB of guest memory: %s",
 		       (unsigned long long)(cfg->mem_size >> 20), strerror(-err));

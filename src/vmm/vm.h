@@ -102,6 +102,7 @@ struct vm {
 
 struct vm_config {
 	uint64_t mem_size;
+	enum gm_backing mem_backing; /* GM_BACKING_AUTO (0) unless asked */
 	int ncpus;
 	const struct cpu_backend *cpu;
 	struct cpu_model_cfg model; /* zero: the backend's own CPU model */

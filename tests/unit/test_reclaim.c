@@ -1,9 +1,11 @@
 /*
- * Memory reclaim on a real struct vm (memfd-backed guest memory) with a fake
- * CPU backend whose sync_dirty() can play a vCPU writing at the worst moment:
- * zero pages are released (checked with mincore()), data pages survive, whole
- * 2 MiB ranges count as such, pinned and re-written pages are kept, dirty
- * bits survive for other consumers, and release_range refuses bad ranges.
+ * Memory reclaim on a real struct vm with a fake CPU backend whose
+ * sync_dirty() can play a vCPU writing at the worst moment: zero pages are
+ * released (checked with mincore()), data pages survive, whole 2 MiB ranges
+ * count as such, pinned and re-written pages are kept, dirty bits survive for
+ * other consumers, and release_range refuses bad ranges. Every test runs on
+ * both backings (memfd and anonymous memory) with 4 KiB pages; the huge-page
+ * tests then check that the sweep and the balloon split huge pages right.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -88,12 +90,37 @@ static const struct cpu_backend fake_backend = {
     .sync_dirty = fake_sync_dirty,
 };
 
-static void make_vm(struct vm *vm, uint64_t size)
+/* The backing of the VMs the next test makes (set by the group's setup). */
+static enum gm_backing test_backing;
+
+static void make_vm_huge(struct vm *vm, uint64_t size, enum gm_backing backing, bool huge)
 {
-	struct vm_config cfg = {.mem_size = size, .ncpus = 1, .cpu = &fake_backend};
+	struct vm_config cfg = {
+	    .mem_size = size, .mem_backing = backing, .ncpus = 1, .cpu = &fake_backend};
 
 	memset(&fsync_state, 0, sizeof(fsync_state));
 	assert_int_equal(vm_create(vm, &cfg), 0);
+	assert_int_equal(vm->mem.backing, backing);
+	/* The residency counts below are per 4 KiB page: no huge page may round them up. */
+	if (!huge)
+		assert_int_equal(madvise(vm->mem.hva, size, MADV_NOHUGEPAGE), 0);
+}
+
+static void make_vm(struct vm *vm, uint64_t size)
+{
+	make_vm_huge(vm, size, test_backing, false);
+}
+
+static int on_memfd(void **state)
+{
+	test_backing = GM_BACKING_MEMFD;
+	return 0;
+}
+
+static int on_anon(void **state)
+{
+	test_backing = GM_BACKING_ANON;
+	return 0;
 }
 
 static bool resident(struct vm *vm, uint64_t gpa)
@@ -509,19 +536,125 @@ static void test_sweep_concurrent_device_writes(void **state)
 	vm_destroy(&vm);
 }
 
+static uint64_t huge_bytes(struct vm *vm)
+{
+	uint64_t n;
+
+	assert_int_equal(gm_huge_bytes(&vm->mem, &n), 0);
+	return n;
+}
+
+/*
+ * 8 MiB in four huge pages: A all zero, B zero but for two data pages, C
+ * all data, D all data with five 4 KiB pages then ballooned out of it. The
+ * sweep frees A whole (released_2m) and splits B (released_4k) keeping its
+ * data; the balloon splits D without touching the pages around its holes.
+ */
+static void thp_split(enum gm_backing backing)
+{
+	const uint64_t A = 0, B = 2 * MiB, C = 4 * MiB, D = 6 * MiB;
+	struct reclaim_stats st;
+	struct vm vm;
+	uint64_t have;
+
+	if (!gm_backing_thp_allowed(backing)) {
+		print_message("SKIP: this host gives no transparent huge pages to %s memory "
+			      "(/sys/kernel/mm/transparent_hugepage)\n",
+			      gm_backing_name(backing));
+		skip();
+	}
+	make_vm_huge(&vm, 8 * MiB, backing, true);
+	touch_zero(&vm, A, 4 * MiB);
+	fill(&vm, B + 3 * PG, PG);
+	fill(&vm, B + 300 * PG + 17, 100);
+	fill(&vm, C, 4 * MiB);
+	have = huge_bytes(&vm);
+	if (have != 8 * MiB) {
+		print_message("SKIP: only %llu of 8 MiB got huge pages (host memory fragmented?)\n",
+			      (unsigned long long)(have >> 10));
+		vm_destroy(&vm);
+		skip();
+	}
+
+	assert_int_equal(reclaim_sweep(&vm, &st), 0);
+	assert_int_equal(st.scanned, 8 * MiB);
+	assert_int_equal(st.released_2m, 2 * MiB);
+	assert_int_equal(st.released_4k, 2 * MiB - 2 * PG);
+	assert_int_equal(st.kept_dirty + st.kept_pinned, 0);
+	assert_int_equal(huge_bytes(&vm), 4 * MiB); /* C and D */
+	for (uint64_t g = A; g < C; g += PG)
+		assert_int_equal(resident(&vm, g), g == B + 3 * PG || g == B + 300 * PG);
+	check_fill(&vm, B + 3 * PG, PG);
+	check_fill(&vm, B + 300 * PG + 17, 100);
+	check_zero(&vm, B + 300 * PG, 17);
+	check_zero(&vm, B + 300 * PG + 117, PG - 117);
+	check_zero(&vm, A, 2 * MiB + 3 * PG);
+	check_zero(&vm, B + 4 * PG, 296 * PG);
+	check_zero(&vm, B + 301 * PG, 211 * PG);
+
+	/* Balloon: 4 KiB pages out of D's huge page; the neighbours keep their bytes. */
+	assert_int_equal(reclaim_release_range(&vm, D + 10 * PG, 4 * PG), 0);
+	assert_int_equal(reclaim_release_range(&vm, D + 511 * PG, PG), 0);
+	assert_int_equal(vm.mem.released_balloon, 5 * PG);
+	assert_int_equal(huge_bytes(&vm), 2 * MiB); /* C */
+	for (uint64_t i = 0; i < 512; i++) {
+		bool gone = (i >= 10 && i < 14) || i == 511;
+
+		assert_int_equal(resident(&vm, D + i * PG), !gone);
+	}
+	check_fill(&vm, D, 10 * PG);
+	check_fill(&vm, D + 14 * PG, 497 * PG);
+	check_zero(&vm, D + 10 * PG, 4 * PG);
+	check_zero(&vm, D + 511 * PG, PG);
+	check_fill(&vm, C, 2 * MiB);
+	vm_destroy(&vm);
+}
+
+static void test_thp_split_anon(void **state)
+{
+	thp_split(GM_BACKING_ANON);
+}
+
+static void test_thp_split_memfd(void **state)
+{
+	thp_split(GM_BACKING_MEMFD);
+}
+
+/* The backing names the CLI takes; "file" is only ever the result of a restore. */
+static void test_backing_names(void **state)
+{
+	enum gm_backing b = GM_BACKING_FILE;
+
+	assert_int_equal(gm_backing_parse("anon", &b), 0);
+	assert_int_equal(b, GM_BACKING_ANON);
+	assert_int_equal(gm_backing_parse("memfd", &b), 0);
+	assert_int_equal(b, GM_BACKING_MEMFD);
+	assert_int_equal(gm_backing_parse("auto", &b), 0);
+	assert_int_equal(b, GM_BACKING_AUTO);
+	assert_int_equal(gm_backing_parse("file", &b), -EINVAL);
+	assert_int_equal(gm_backing_parse("", &b), -EINVAL);
+	assert_string_equal(gm_backing_name(GM_BACKING_ANON), "anon");
+	assert_true(gm_backing_auto() == GM_BACKING_MEMFD || gm_backing_auto() == GM_BACKING_ANON);
+}
+
+#define BOTH(t) cmocka_unit_test_setup(t, on_memfd), cmocka_unit_test_setup(t, on_anon)
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_page_is_zero),
-	    cmocka_unit_test(test_sweep_releases_zero_keeps_data),
-	    cmocka_unit_test(test_sweep_skips_pinned),
-	    cmocka_unit_test(test_sweep_write_after_scan_kept),
-	    cmocka_unit_test(test_sweep_keeps_dirty_bits),
-	    cmocka_unit_test(test_sweep_high_memory),
-	    cmocka_unit_test(test_release_range),
-	    cmocka_unit_test(test_pin_api),
-	    cmocka_unit_test(test_write_waits_for_claim),
-	    cmocka_unit_test(test_sweep_concurrent_device_writes),
+	    BOTH(test_sweep_releases_zero_keeps_data),
+	    BOTH(test_sweep_skips_pinned),
+	    BOTH(test_sweep_write_after_scan_kept),
+	    BOTH(test_sweep_keeps_dirty_bits),
+	    BOTH(test_sweep_high_memory),
+	    BOTH(test_release_range),
+	    BOTH(test_pin_api),
+	    BOTH(test_write_waits_for_claim),
+	    BOTH(test_sweep_concurrent_device_writes),
+	    cmocka_unit_test(test_thp_split_anon),
+	    cmocka_unit_test(test_thp_split_memfd),
+	    cmocka_unit_test(test_backing_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
