@@ -7,8 +7,8 @@
 # writing, so a copy that mixed pages from before and after the pause would
 # break the invariant in the restored guest. The restored guest must go on
 # from the snapshot (not from the start) with every round consistent. A
-# snapshot to a directory that does not exist fails and leaves the guest
-# running.
+# snapshot to a directory that does not exist, or onto a full file system,
+# fails, leaves no files and leaves the guest running.
 . "$(dirname "$0")/lib.sh"
 [ "$E2E_VMM" = qemu ] && skip "tern-only: snapshot API"
 e2e_require_boot
@@ -125,6 +125,22 @@ api PUT /vm/snapshot "{\"state\": \"$E2E_TMP/no/such/dir/x.state\"}"
 [ "$(cat "$E2E_TMP/status")" = 400 ] || fail "answer $(cat "$E2E_TMP/status"): $(cat "$E2E_TMP/body")"
 progress || fail "the guest stopped"
 ok "refused with 400, guest still running"
+
+check "a snapshot onto a full file system fails, leaves no files, and the guest runs on"
+full=$E2E_TMP/full
+mkdir -p "$full"
+if mount -t tmpfs -o size=8m none "$full" 2>/dev/null; then
+	api PUT /vm/snapshot "{\"state\": \"$full/x.state\"}"
+	status=$(cat "$E2E_TMP/status")
+	left=$(ls -A "$full")
+	umount "$full"
+	[ "$status" = 500 ] || fail "answer $status: $(cat "$E2E_TMP/body")"
+	[ -z "$left" ] || fail "files left behind: $left"
+	progress || fail "the guest stopped"
+	ok "500 ($(sed -n 's/.*"error":"\([^"]*\)".*/\1/p' "$E2E_TMP/body")), no files, guest running"
+else
+	echo "  skipped: cannot mount a small tmpfs here (not root)"
+fi
 
 kill "$TERN_PID" 2>/dev/null
 wait "$TERN_PID" 2>/dev/null
