@@ -166,22 +166,28 @@ static int bk_msi(struct vm *vm, uint64_t addr, uint32_t data)
 /*
  * The MMU marks vm->mem.dirty itself when it fills a write TLB entry. For
  * the next interval to be seen, every vCPU must drop those entries: bump
- * the generation and wait (briefly) until running vCPUs have noticed. A
- * halted vCPU writes nothing until it runs, and then it resyncs first.
+ * the generation and wait until each active vCPU has noticed (at its next
+ * block). One that is not active (outside emu_exec(): paused, stopped, not
+ * started; or asleep in HLT) writes nothing, and resyncs before it does
+ * (mmu_set_active()). A vCPU that has not noticed in SYNC_WAIT_NS is stuck
+ * in a device callback: fail rather than return with a write the log may
+ * miss.
  */
+#define SYNC_WAIT_NS 2000000000ull
+
 static int bk_sync_dirty(struct vm *vm)
 {
 	struct emu_vm *ev = vm->backend;
-	uint64_t gen = __atomic_add_fetch(&ev->tlb_flush_gen, 1, __ATOMIC_ACQ_REL);
+	uint64_t gen = __atomic_add_fetch(&ev->tlb_flush_gen, 1, __ATOMIC_SEQ_CST);
+	uint64_t t0 = emu_now_ns();
 
 	for (int n = 0; n < ev->ncpus; n++) {
 		struct emu_cpu *c = __atomic_load_n(&ev->cpus[n], __ATOMIC_ACQUIRE);
 
-		for (int spin = 0; c && spin < 1000; spin++) {
-			if (__atomic_load_n(&c->tlb_flush_seen, __ATOMIC_ACQUIRE) >= gen ||
-			    __atomic_load_n(&c->sys.halted, __ATOMIC_RELAXED) ||
-			    __atomic_load_n(&c->sys.wait_sipi, __ATOMIC_RELAXED))
-				break;
+		while (c && __atomic_load_n(&c->active, __ATOMIC_SEQ_CST) &&
+		       __atomic_load_n(&c->tlb_flush_seen, __ATOMIC_ACQUIRE) < gen) {
+			if (emu_now_ns() - t0 > SYNC_WAIT_NS)
+				return -ETIMEDOUT;
 			nanosleep(&(struct timespec){.tv_nsec = 10000}, NULL);
 		}
 	}

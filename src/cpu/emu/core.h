@@ -161,6 +161,8 @@ uint8_t *mmu_page_w(struct emu_cpu *c, uint64_t la);
 uint8_t *mmu_page_x(struct emu_cpu *c, uint64_t la, uint64_t *gpa);
 /* Make vCPUs drop write TLB entries if emu_vm.tlb_flush_gen moved. */
 void mmu_sync(struct emu_cpu *c);
+/* Enter or leave the state in which the vCPU writes guest memory (emu_cpu.active). */
+void mmu_set_active(struct emu_cpu *c, bool on);
 
 static inline uint64_t tlb_tag(const struct emu_cpu *c, uint64_t la)
 {

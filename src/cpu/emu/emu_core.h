@@ -44,6 +44,11 @@ struct emu_cpu {
 	/* MMU. */
 	struct emu_tlb_entry tlb_r[EMU_TLB_SIZE], tlb_w[EMU_TLB_SIZE], tlb_x[EMU_TLB_SIZE];
 	uint64_t tlb_flush_seen; /* last emu_vm.tlb_flush_gen acted on */
+	/*
+	 * In emu_exec() and not asleep in HLT: the only state in which it writes
+	 * through tlb_w, so the only one the backend's sync_dirty waits for.
+	 */
+	bool active;
 
 	/* Run loop. */
 	jmp_buf jmp;

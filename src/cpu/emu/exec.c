@@ -1032,9 +1032,8 @@ static __attribute__((noinline)) enum vcpu_exit run_blocks(struct emu_cpu *c)
 	}
 }
 
-enum vcpu_exit emu_exec(struct emu_cpu *c, uint64_t max_insns)
+static __attribute__((noinline)) enum vcpu_exit exec_entry(struct emu_cpu *c)
 {
-	c->insn_limit = max_insns ? c->icount + max_insns : UINT64_MAX;
 	/* One setjmp per entry: emu_raise() longjmps here, the loop resumes after delivery. */
 	if (setjmp(c->jmp)) {
 		if (c->stop_on_fault)
@@ -1044,4 +1043,15 @@ enum vcpu_exit emu_exec(struct emu_cpu *c, uint64_t max_insns)
 			return VCPU_EXIT_ERROR;
 	}
 	return run_blocks(c);
+}
+
+enum vcpu_exit emu_exec(struct emu_cpu *c, uint64_t max_insns)
+{
+	enum vcpu_exit ex;
+
+	c->insn_limit = max_insns ? c->icount + max_insns : UINT64_MAX;
+	mmu_set_active(c, true);
+	ex = exec_entry(c);
+	mmu_set_active(c, false);
+	return ex;
 }

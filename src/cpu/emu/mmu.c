@@ -299,6 +299,20 @@ void mmu_sync(struct emu_cpu *c)
 		c->tlb_w[k].tag = 0;
 }
 
+/*
+ * A flush requester bumps tlb_flush_gen, then waits only for active vCPUs.
+ * Both sides store, then load the other's word, sequentially consistent:
+ * either the requester sees the vCPU active (and waits for it), or the vCPU
+ * sees the new generation here and drops its write entries before it
+ * writes again.
+ */
+void mmu_set_active(struct emu_cpu *c, bool on)
+{
+	__atomic_store_n(&c->active, on, __ATOMIC_SEQ_CST);
+	if (on && c->tlb_flush_seen != __atomic_load_n(&c->vm->tlb_flush_gen, __ATOMIC_SEQ_CST))
+		mmu_sync(c);
+}
+
 /* ---- Public accessors (emu.h) ---- */
 
 uint64_t emu_read(struct emu_cpu *c, uint64_t la, unsigned size)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "arch/x86/layout.h"
+#include "cpu/emu/core.h"
 #include "cpu/emu/sys_int.h"
 #include "util/log.h"
 
@@ -514,6 +515,8 @@ static void idle_wait(struct emu_cpu *c, bool irqs)
 	uint64_t due = emu_apic_next_due(c);
 	struct timespec ts;
 
+	/* Asleep it writes nothing: a dirty-log sync need not wait for it. */
+	mmu_set_active(c, false);
 	pthread_mutex_lock(&a->lock);
 	for (;;) {
 		if (a->nmi || a->init || a->sipi || __atomic_load_n(&c->sys.kick, __ATOMIC_ACQUIRE))
@@ -534,6 +537,7 @@ static void idle_wait(struct emu_cpu *c, bool irqs)
 		pthread_cond_timedwait(&a->wake, &a->lock, &ts);
 	}
 	pthread_mutex_unlock(&a->lock);
+	mmu_set_active(c, true);
 }
 
 bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit)
