@@ -6,7 +6,10 @@
  * pages are no longer resident and read as zero) and what it reports:
  * inflate, deflate, hostile PFNs and ranges refused one by one, free page
  * reporting, the statistics buffer round trip, pinned pages kept, the sweep
- * before an inflation, reset, save/restore of the balloon's state.
+ * before an inflation, reset, save/restore of the balloon's state; and a
+ * hostile driver: huge PFN counts, PFN buffers and reports outside guest
+ * RAM (the queue breaks, nothing is released, tern and the rest of guest
+ * memory carry on, a reset brings the device back).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -32,7 +35,8 @@
 #define RING(q) (0x10000ull + (q)*0x4000ull) /* desc; avail +0x1000; used +0x2000 */
 #define PFNBUF 0x30000ull
 #define STATBUF 0x31000ull
-#define DATA 0x400000ull /* 4 MiB: pages the tests fill and give away */
+#define DATA 0x400000ull   /* 4 MiB: pages the tests fill and give away */
+#define BIGBUF 0x800000ull /* 8 MiB: a PFN array larger than any driver sends */
 
 enum { QI = 0, QD = 1, QS = 2, QR = 3 };
 
@@ -216,6 +220,34 @@ static void send_pfns(struct fix *f, unsigned q, const uint32_t *pfns, unsigned 
 	assert_true(wait_used(f, q));
 }
 
+/* The device says it needs a reset (a driver broke a queue); false on timeout. */
+static bool wait_needs_reset(struct fix *f)
+{
+	struct timespec ts = {0, 1000000};
+
+	for (int i = 0; i < 5000; i++) {
+		if (mr(f, f->common + VIRTIO_PCI_COMMON_STATUS, 1) & VIRTIO_CONFIG_S_NEEDS_RESET)
+			return true;
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}
+
+/* The driver resets the device and sets it up again on fresh rings. */
+static void reinit(struct fix *f)
+{
+	static const uint8_t zero[0x3000];
+
+	set_status(f, 0);
+	for (unsigned q = 0; q < NQ; q++) {
+		gw(f, RING(q), zero, sizeof(zero));
+		f->avail_idx[q] = 0;
+		f->used_seen[q] = 0;
+	}
+	driver_init(f);
+	assert_false(mr(f, f->common + VIRTIO_PCI_COMMON_STATUS, 1) & VIRTIO_CONFIG_S_NEEDS_RESET);
+}
+
 /* ---- host-side checks ---- */
 
 static bool resident(struct fix *f, uint64_t gpa)
@@ -360,6 +392,134 @@ static void test_hostile_pfns(void **state)
 	send_pfns(f, QI, pfns, 1);
 	assert_int_equal(info(f).inflated, 3);
 	assert_false(resident(f, DATA + 4096));
+}
+
+/* Pages DATA.. DATA+n-1 still hold what fill() wrote, resident. */
+static void assert_filled(struct fix *f, unsigned n)
+{
+	for (unsigned k = 0; k < n; k++) {
+		assert_true(resident(f, DATA + k * 4096ull));
+		assert_int_equal(byte_at(f, DATA + k * 4096ull + 4095), 0xa0 + (int)(k % 16));
+	}
+}
+
+/*
+ * More PFNs in one buffer than any driver sends (it sends 256): the first
+ * 65536 are looked at, the rest are refused unread, even valid ones.
+ */
+static void test_huge_pfn_count(void **state)
+{
+	struct fix *f = *state;
+	const unsigned cap = 65536, extra = 8, n = cap + extra;
+	uint32_t *pfns = malloc(n * sizeof(*pfns));
+	struct balloon_info i;
+
+	assert_non_null(pfns);
+	for (unsigned k = 0; k < cap; k++)
+		pfns[k] = (uint32_t)(RAM >> 12) + k; /* past RAM: refused one by one */
+	for (unsigned k = 0; k < extra; k++)
+		pfns[cap + k] = (uint32_t)(DATA >> 12) + k; /* fine, but past the limit */
+	fill(f, DATA, extra);
+	gw(f, BIGBUF, pfns, n * sizeof(*pfns));
+	set_desc(f, QI, 0, BIGBUF, n * (uint32_t)sizeof(*pfns), 0, 0);
+	offer(f, QI, 0);
+	assert_true(wait_used(f, QI));
+	i = info(f);
+	assert_int_equal(i.inflated, 0);
+	assert_int_equal(i.refused_pfns, n);
+	assert_int_equal(i.released_balloon, 0);
+	assert_filled(f, extra);
+	/* The device still works. */
+	send_pfns(f, QI, pfns + cap, 1);
+	assert_int_equal(info(f).inflated, 1);
+	assert_false(resident(f, DATA));
+	free(pfns);
+}
+
+/*
+ * A PFN buffer is what its descriptor says: PFNs past its length are not
+ * read. A buffer that runs past the end of RAM, or claims 4 GiB, breaks the
+ * queue: the device needs a reset, nothing of the chain is inflated, the
+ * rest of guest memory keeps its data, and after a reset the device works.
+ */
+static void test_pfn_buffer_outside_ram(void **state)
+{
+	struct fix *f = *state;
+	uint32_t pfns[4] = {DATA >> 12, (DATA >> 12) + 1, (DATA >> 12) + 2, (DATA >> 12) + 3};
+	struct balloon_info i;
+
+	fill(f, DATA, 4);
+	gw(f, PFNBUF, pfns, sizeof(pfns));
+	set_desc(f, QI, 0, PFNBUF, 2 * sizeof(uint32_t), 0, 0);
+	offer(f, QI, 0);
+	assert_true(wait_used(f, QI));
+	assert_int_equal(info(f).inflated, 2);
+	assert_true(resident(f, DATA + 2 * 4096));
+	assert_int_equal(byte_at(f, DATA + 3 * 4096), 0xa3);
+
+	gw(f, RAM - 8, pfns + 2, 8);
+	set_desc(f, QI, 0, RAM - 8, 64, 0, 0);
+	offer(f, QI, 0);
+	assert_true(wait_needs_reset(f));
+	i = info(f);
+	assert_int_equal(i.inflated, 2);
+	assert_int_equal(i.released_balloon, 2 * 4096);
+	assert_int_equal(byte_at(f, DATA + 2 * 4096), 0xa2);
+	assert_int_equal(byte_at(f, DATA + 3 * 4096), 0xa3);
+	assert_int_equal(f->vm.mem.pins[gm_page_index(&f->vm.mem, RAM - 4096)], 0);
+
+	reinit(f); /* the balloon is empty again: the driver deflated it before the reset */
+	set_desc(f, QI, 0, PFNBUF, 0xffffffffu, 0, 0);
+	offer(f, QI, 0);
+	assert_true(wait_needs_reset(f));
+	assert_int_equal(info(f).inflated, 2);
+	assert_int_equal(byte_at(f, DATA + 3 * 4096), 0xa3);
+
+	reinit(f);
+	send_pfns(f, QI, pfns + 3, 1);
+	assert_int_equal(info(f).inflated, 3);
+	assert_false(resident(f, DATA + 3 * 4096));
+	assert_true(resident(f, DATA + 2 * 4096));
+}
+
+/*
+ * Free page reports outside RAM (past its end, in the 3 GiB hole, a length
+ * that wraps): the queue breaks and the whole report is refused, even its
+ * good ranges; nothing stays pinned; after a reset reports work again.
+ */
+static void test_report_outside_ram(void **state)
+{
+	struct fix *f = *state;
+	const struct {
+		uint64_t addr;
+		uint32_t len;
+	} bad[] = {
+	    {RAM - 4096, 8192},	       /* runs past the end */
+	    {RAM, 4096},	       /* starts there */
+	    {0xc0000000ull, 2u << 20}, /* the 3 GiB hole */
+	    {DATA, 0xfffff000u},       /* far too long */
+	};
+	struct balloon_info i;
+
+	fill(f, DATA, 4);
+	for (unsigned k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		set_desc(f, QR, 0, DATA, 4096, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+		set_desc(f, QR, 1, bad[k].addr, bad[k].len, VIRTQ_DESC_F_WRITE, 0);
+		offer(f, QR, 0);
+		assert_true(wait_needs_reset(f));
+		i = info(f);
+		assert_int_equal(i.reports, 0);
+		assert_int_equal(i.released_free_report, 0);
+		assert_filled(f, 4);
+		assert_int_equal(f->vm.mem.pins[gm_page_index(&f->vm.mem, DATA)], 0);
+		reinit(f);
+	}
+	set_desc(f, QR, 0, DATA, 2 * 4096, VIRTQ_DESC_F_WRITE, 0);
+	offer(f, QR, 0);
+	assert_true(wait_used(f, QR));
+	assert_int_equal(info(f).released_free_report, 2 * 4096);
+	assert_false(resident(f, DATA));
+	assert_int_equal(byte_at(f, DATA + 2 * 4096 + 7), 0xa2);
 }
 
 static void test_free_page_reporting(void **state)
@@ -574,6 +734,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_inflate_releases, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_deflate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hostile_pfns, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_huge_pfn_count, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pfn_buffer_outside_ram, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_report_outside_ram, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_free_page_reporting, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pinned_kept, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stats_round_trip, setup, teardown),
