@@ -567,6 +567,31 @@ static void test_state_roundtrip(void **state)
 	free(st2);
 }
 
+/* An idle vCPU drops its decoded code; what it runs next is decoded again and runs the same. */
+static void test_idle_trim(void **state)
+{
+	struct esv *v = *state;
+	struct emu_cpu *c = v->cpu[0];
+	size_t blocks, bytes;
+
+	esv_enter(v, 0, G(sg_sum_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 0), VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, 0x20600), 5000ull * 5001 / 2);
+	emu_bc_stats(c, &blocks, &bytes);
+	assert_true(blocks > 0);
+	/* Far fewer instructions than the limit ran since the cache was made: it is trimmed. */
+	emu_bc_idle(c, emu_now_ns() + 3000000000ull);
+	emu_bc_stats(c, &blocks, &bytes);
+	assert_int_equal(blocks, 0);
+	assert_int_equal(bytes, 256u << 10);
+	esv_wr(v, 0x20600, 0);
+	esv_enter(v, 0, G(sg_sum_main), ESV_KSTACK);
+	assert_int_equal(esv_run(v, 0, 0), VCPU_EXIT_HLT);
+	assert_int_equal(esv_rd(v, 0x20600), 5000ull * 5001 / 2);
+	emu_bc_stats(c, &blocks, &bytes);
+	assert_true(blocks > 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -578,6 +603,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_compat_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_system_insns, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_state_roundtrip, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_idle_trim, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -31,6 +31,13 @@
 #define BC_HASH_MIN_BITS 10
 #define BC_HASH_MAX_BITS 16
 #define BLOCK_MAX_INSNS 64
+/*
+ * A vCPU that ran fewer than BC_IDLE_INSNS instructions in the last
+ * BC_IDLE_NS when it halts gives its decoded code back to the host (idle
+ * clones and VMs waiting for work): what it runs next is decoded again.
+ */
+#define BC_IDLE_NS 2000000000ull
+#define BC_IDLE_INSNS 20000000ull
 #define JC_SIZE 8192 /* linear-address jump cache entries */
 
 _Static_assert(ZYDIS_MNEMONIC_MAX_VALUE < EMU_MN_CRDR, "mnemonic flags overlap Zydis mnemonics");
@@ -65,7 +72,8 @@ struct emu_block_cache {
 	/* Unlinked stale blocks: reusable once no shortcut can reach them. */
 	struct emu_block *pending;
 	struct emu_block *free[BLOCK_MAX_INSNS + 1]; /* reusable, by capacity */
-	uint64_t swept_wgen; /* emu_vm.code_wgen at the last sweep for stale blocks */
+	uint64_t swept_wgen;	       /* emu_vm.code_wgen at the last sweep for stale blocks */
+	uint64_t idle_ns, idle_icount; /* when and at which icount emu_bc_idle() last looked */
 	ZydisDecoder dec[DM_COUNT];
 	/* One uncached block for an instruction that crosses a page boundary. */
 	union {
@@ -120,6 +128,7 @@ int emu_bc_init(struct emu_cpu *c)
 	if (!bc)
 		return -ENOMEM;
 	bc->hash_bits = BC_HASH_MIN_BITS;
+	bc->idle_ns = emu_now_ns(); /* the first look comes a whole period after start */
 	bc->hash = calloc(1u << bc->hash_bits, sizeof(*bc->hash));
 	bc->chunks = bc->cur = chunk_new();
 	if (!bc->hash || !bc->chunks)
@@ -487,6 +496,46 @@ static void bc_flush(struct emu_cpu *c)
 	bc->chunks->used = 0;
 	bc->cur = bc->chunks;
 	bc->chunk_bytes = BC_CHUNK_SIZE;
+}
+
+/* Give every page the cache holds back to the host; it starts over empty. */
+static void bc_trim(struct emu_cpu *c)
+{
+	struct emu_block_cache *bc = c->bc;
+	struct emu_block **small = calloc(1u << BC_HASH_MIN_BITS, sizeof(*small));
+	uintptr_t jc0 = ((uintptr_t)bc->jc + 4095) & ~(uintptr_t)4095,
+		  jc1 = ((uintptr_t)(bc->jc + JC_SIZE)) & ~(uintptr_t)4095;
+
+	bc_flush(c);
+	/* Zeroed pages read back as an empty chunk and empty jump-cache slots. */
+	madvise(bc->chunks, BC_CHUNK_SIZE, MADV_DONTNEED);
+	if (jc1 > jc0)
+		madvise((void *)jc0, jc1 - jc0, MADV_DONTNEED);
+	if (small) {
+		free(bc->hash);
+		bc->hash = small;
+		bc->hash_bits = BC_HASH_MIN_BITS;
+	}
+}
+
+void emu_bc_idle(struct emu_cpu *c, uint64_t now_ns)
+{
+	struct emu_block_cache *bc = c->bc;
+
+	if (!bc || now_ns - bc->idle_ns < BC_IDLE_NS)
+		return;
+	uint64_t ran = c->icount - bc->idle_icount;
+
+	bc->idle_ns = now_ns;
+	bc->idle_icount = c->icount;
+	if (ran < BC_IDLE_INSNS && (bc->nblocks || bc->chunk_bytes > BC_CHUNK_SIZE))
+		bc_trim(c);
+}
+
+void emu_bc_stats(const struct emu_cpu *c, size_t *blocks, size_t *chunk_bytes)
+{
+	*blocks = c->bc->nblocks;
+	*chunk_bytes = c->bc->chunk_bytes;
 }
 
 /* Quadruple the hash when chains grow past two blocks on average (failure: keep it). */

@@ -37,11 +37,11 @@ enum {
 	EMU_R_RAX = 0, /* 0..15: general registers in encoding order, size from the operand */
 	EMU_R_AH = 16, /* 16..19: AH CH DH BH */
 	EMU_R_RIP = 20,
-	EMU_R_ES = 24, /* 24..29: ES CS SS DS FS GS (EMU_R_ES + enum emu_seg) */
-	EMU_R_CR0 = 32, /* 32..47 */
-	EMU_R_DR0 = 48, /* 48..55 */
-	EMU_R_ST0 = 56, /* 56..63: x87 stack, relative to TOP */
-	EMU_R_MM0 = 64, /* 64..71 */
+	EMU_R_ES = 24,	 /* 24..29: ES CS SS DS FS GS (EMU_R_ES + enum emu_seg) */
+	EMU_R_CR0 = 32,	 /* 32..47 */
+	EMU_R_DR0 = 48,	 /* 48..55 */
+	EMU_R_ST0 = 56,	 /* 56..63: x87 stack, relative to TOP */
+	EMU_R_MM0 = 64,	 /* 64..71 */
 	EMU_R_XMM0 = 72, /* 72..87 */
 	EMU_R_NONE = 255,
 };
@@ -113,15 +113,38 @@ emu_handler emu_int_handler(unsigned mnemonic); /* exec.c */
 emu_handler emu_sys_handler(unsigned mnemonic); /* sys.c */
 emu_handler emu_fpu_handler(unsigned mnemonic); /* fpu.c / sse.c */
 
+/*
+ * decode.c: the vCPU is about to sleep in HLT (no block is running): if it has been
+ * mostly idle, drop its decoded code and return the memory to the host.
+ */
+void emu_bc_idle(struct emu_cpu *c, uint64_t now_ns);
+/* Blocks in the decoded-block cache and bytes mapped for them. */
+void emu_bc_stats(const struct emu_cpu *c, size_t *blocks, size_t *chunk_bytes);
+
 #include "cpu/emu/emu_fpu.h"
 #include "cpu/emu/emu_sys.h"
 #include "cpu/emu/emu_core.h"
 
 /* ---- Exceptions ---- */
 enum {
-	EMU_DE = 0, EMU_DB = 1, EMU_NMI = 2, EMU_BP = 3, EMU_OF = 4, EMU_BR = 5, EMU_UD = 6,
-	EMU_NM = 7, EMU_DF = 8, EMU_TS = 10, EMU_NP = 11, EMU_SS = 12, EMU_GP = 13,
-	EMU_PF = 14, EMU_MF = 16, EMU_AC = 17, EMU_MC = 18, EMU_XM = 19,
+	EMU_DE = 0,
+	EMU_DB = 1,
+	EMU_NMI = 2,
+	EMU_BP = 3,
+	EMU_OF = 4,
+	EMU_BR = 5,
+	EMU_UD = 6,
+	EMU_NM = 7,
+	EMU_DF = 8,
+	EMU_TS = 10,
+	EMU_NP = 11,
+	EMU_SS = 12,
+	EMU_GP = 13,
+	EMU_PF = 14,
+	EMU_MF = 16,
+	EMU_AC = 17,
+	EMU_MC = 18,
+	EMU_XM = 19,
 };
 #define EMU_NO_ERR UINT32_MAX
 

@@ -594,6 +594,7 @@ bool emu_check_events(struct emu_cpu *c, enum vcpu_exit *exit)
 				sys_set_pending(c);
 			return false;
 		}
+		emu_bc_idle(c, emu_now_ns());
 		idle_wait(c, true);
 	}
 }
