@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -69,22 +68,9 @@ static uint64_t instant_gen(uint64_t pg)
 	return early(pg) ? 3 : initially_data(pg) ? 1 : 0;
 }
 
-static int anon_init(struct guest_mem *gm)
-{
-	memset(gm, 0, sizeof(*gm));
-	gm->fd = -1;
-	pthread_mutex_init(&gm->dirty_lock, NULL);
-	gm->size = gm->low_size = RAM;
-	gm->npages = NPAGES;
-	gm->hva = mmap(NULL, RAM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	gm->dirty = calloc(NPAGES / 64, 8);
-	gm->pins = calloc(NPAGES, 4);
-	return gm->hva == MAP_FAILED ? -errno : 0;
-}
-
 static void mem_init(struct guest_mem *gm, bool anon)
 {
-	assert_int_equal(anon ? anon_init(gm) : gm_init(gm, RAM), 0);
+	assert_int_equal(gm_init_backing(gm, RAM, anon ? GM_BACKING_ANON : GM_BACKING_MEMFD), 0);
 	for (uint64_t pg = 0; pg < NPAGES; pg++)
 		if (initially_data(pg))
 			fill(gm->hva + (pg << GM_PAGE_SHIFT), pg, 1);
