@@ -28,7 +28,8 @@ enum {
 	O_ACCEL,
 	O_API_SOCKET,
 	O_BALLOON,
-	O_MEM_BACKING
+	O_MEM_BACKING,
+	O_CPU_MODEL
 };
 
 static const struct option vm_longopts[] = {
@@ -42,6 +43,7 @@ static const struct option vm_longopts[] = {
     {"api-socket", required_argument, NULL, O_API_SOCKET},
     {"balloon", no_argument, NULL, O_BALLOON},
     {"mem-backing", required_argument, NULL, O_MEM_BACKING},
+    {"cpu-model", required_argument, NULL, O_CPU_MODEL},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
 };
@@ -62,6 +64,10 @@ void vmopts_usage(FILE *f)
 		"                      when the host gives shared memory huge pages, else anon)\n"
 		"  --accel kvm|emu|auto    CPU backend (default auto: kvm when the host has\n"
 		"                      VMX/SVM, else tern's emulator)\n"
+		"  --cpu-model host|portable  the CPU the guest sees (default host: all the\n"
+		"                      backend offers; portable: the emulator's CPU limited to\n"
+		"                      what this host's KVM offers, so a snapshot can resume\n"
+		"                      on either backend)\n"
 		"  -v, --verbose       more messages from tern (twice: debug)\n"
 		"  -h, --help          this text\n",
 		MAX_CPUS, MIN_MEM_MIB, MAX_MEM_MIB, MACHINE_MAX_DISKS);
@@ -194,6 +200,11 @@ static int parse_one(struct vmopts *o, int c, const char *arg)
 		if (gm_backing_parse(arg, &o->desc.mem_backing))
 			return usage_error(o, "--mem-backing '%s': choose auto, memfd or anon",
 					   arg);
+		return 0;
+	case O_CPU_MODEL:
+		if (strcmp(arg, "host") && strcmp(arg, "portable"))
+			return usage_error(o, "--cpu-model '%s': choose host or portable", arg);
+		o->desc.portable_cpu = !strcmp(arg, "portable");
 		return 0;
 	case 'v':
 		o->verbose++;

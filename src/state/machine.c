@@ -346,7 +346,8 @@ int machine_create(struct vm *vm, const struct machine_desc *d, int console_fd)
 	struct vm_config cfg = {.mem_size = d->mem_mib << 20,
 				.mem_backing = d->mem_backing,
 				.ncpus = d->cpus,
-				.cpu = machine_desc_backend(d)};
+				.cpu = machine_desc_backend(d),
+				.model = {.baseline = d->portable_cpu}};
 	int err;
 
 	pr_info("backend %s, %d vCPU(s), %llu MiB", cfg.cpu->name, d->cpus,

@@ -39,6 +39,11 @@ struct machine_desc {
 	struct machine_disk disks[MACHINE_MAX_DISKS];
 	bool balloon;  /* virtio-balloon */
 	bool identity; /* the identity device (state/identity.h); false only in old snapshots */
+	/*
+	 * The portable CPU model (cpu/cpu.h: cpu_model_cfg.baseline). Not in the
+	 * MACHINE record: the neutral record carries the CPU model.
+	 */
+	bool portable_cpu;
 	/* Not part of the machine, so not saved: where the control API listens, */
 	char *api_socket;
 	/* and what backs guest RAM (a restored VM maps its snapshot's file). */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Which backend a snapshot resumes on (tern restore --accel): a snapshot of
-# the default guest on the emulator carries the backend-neutral record
-# (section type 6); --accel emu resumes it; --accel kvm is refused on a host
+# the default guest booted on the emulator with --cpu-model portable carries
+# the backend-neutral record (section type 6) with the portable flag and
+# without the CPU features this host's KVM lacks; --accel emu resumes it; --accel kvm is refused on a host
 # whose KVM cannot run a guest kernel (PVM, no VMX/SVM) and otherwise either
 # resumes or is refused naming the CPU features this KVM lacks; an unknown
 # --accel is a usage error; a damaged neutral record (CRC fixed up, so only
@@ -14,10 +15,10 @@ command -v python3 >/dev/null || skip "python3 is needed to read and damage the 
 state=$E2E_TMP/x.state
 guest='echo SNAP-NOW; i=0; while [ $i -lt 3 ]; do i=$((i + 1)); echo "TICK=$i"; sleep 0.2; done; exit 5'
 
-check "tern snapshot --accel emu saves the guest with a backend-neutral record"
+check "tern snapshot --accel emu --cpu-model portable saves a backend-neutral record"
 # shellcheck disable=SC2086
-timeout -k 5 "$E2E_TIMEOUT" "$TERN" snapshot ${TERN_E2E_ARGS:-} --accel emu --state "$state" \
-	--at-output SNAP-NOW -- sh -c "$guest" </dev/null >"$VM_OUT" 2>"$VM_ERR"
+timeout -k 5 "$E2E_TIMEOUT" "$TERN" snapshot ${TERN_E2E_ARGS:-} --accel emu --cpu-model portable \
+	--state "$state" --at-output SNAP-NOW -- sh -c "$guest" </dev/null >"$VM_OUT" 2>"$VM_ERR"
 VM_RC=$?
 expect_rc 0
 # Sections: u32 type, u32 index, u64 length, payload padded to 8 bytes; the CRC trailer is 16 bytes.
@@ -34,6 +35,9 @@ PY
 }
 sections "$state" >"$E2E_TMP/sections"
 grep -q '^6 0 ' "$E2E_TMP/sections" || fail "no neutral record (type 6) in the state file"
+flags=$(python3 -c 'import struct, sys; print(struct.unpack_from("<I", open(sys.argv[1], "rb").read(), int(sys.argv[2]) + 4)[0])' \
+	"$state" "$(awk '$1 == 6 { print $4 }' "$E2E_TMP/sections")")
+[ $((flags & 1)) = 1 ] || fail "the neutral record does not say portable (flags $flags)"
 ok "neutral record of $(awk '$1 == 6 { print $3 }' "$E2E_TMP/sections") bytes"
 
 restore() { # expected rc, then tern restore arguments

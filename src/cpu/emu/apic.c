@@ -342,7 +342,7 @@ static uint64_t timer_period_ns(const struct emu_lapic *a)
 
 static uint64_t tsc_to_ns(struct emu_cpu *c, uint64_t tsc)
 {
-	return emu_tsc_to_ns(c->vm, (uint64_t)((int64_t)tsc - c->sys.tsc_offset));
+	return emu_tsc_to_ns(c->vm, (int64_t)(tsc - (uint64_t)c->sys.tsc_offset));
 }
 
 static void post_self(struct emu_cpu *c, uint32_t lvt)

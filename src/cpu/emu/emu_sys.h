@@ -110,7 +110,7 @@ uint64_t emu_now_ns(void);
 uint64_t emu_rdtsc(struct emu_cpu *c);
 /* VM-wide TSC (no per-vCPU offset) <-> host monotonic ns, at the VM's TSC rate. */
 uint64_t emu_ns_to_tsc(const struct emu_vm *ev, uint64_t ns);
-uint64_t emu_tsc_to_ns(const struct emu_vm *ev, uint64_t tsc);
+uint64_t emu_tsc_to_ns(const struct emu_vm *ev, int64_t tsc);
 
 /* Local APIC and IOAPIC (apic.c). */
 void emu_apic_reset(struct emu_cpu *c);

@@ -32,12 +32,18 @@ uint64_t emu_ns_to_tsc(const struct emu_vm *ev, uint64_t ns)
 	return (uint64_t)((unsigned __int128)d * ev->sys.tsc_khz / 1000000u);
 }
 
-/* Host monotonic ns at which the VM-wide TSC (no per-vCPU offset) reads tsc. */
-uint64_t emu_tsc_to_ns(const struct emu_vm *ev, uint64_t tsc)
+/*
+ * Host monotonic ns at which the VM-wide TSC (no per-vCPU offset) reads
+ * tsc; negative: before the VM was created (a deadline long past).
+ */
+uint64_t emu_tsc_to_ns(const struct emu_vm *ev, int64_t tsc)
 {
+	uint64_t mag = tsc < 0 ? -(uint64_t)tsc : (uint64_t)tsc, ns;
+
 	if (ev->sys.tsc_khz == 1000000)
-		return tsc + ev->sys.time_base;
-	return (uint64_t)((unsigned __int128)tsc * 1000000u / ev->sys.tsc_khz) + ev->sys.time_base;
+		return (uint64_t)tsc + ev->sys.time_base;
+	ns = (uint64_t)((unsigned __int128)mag * 1000000u / ev->sys.tsc_khz);
+	return tsc < 0 ? ev->sys.time_base - ns : ev->sys.time_base + ns;
 }
 
 /* The TSC: ticks since VM creation plus the guest's offset. */
