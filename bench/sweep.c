@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "vmm/reclaim.h"
@@ -72,10 +73,12 @@ static void populate(struct guest_mem *gm, int mostly_zero)
 	}
 }
 
-static void run(uint64_t size, int mostly_zero)
+static void run(uint64_t size, enum gm_backing backing, int mostly_zero)
 {
 	const char *name = mostly_zero ? "mostly-zero" : "mostly-data";
-	struct vm_config cfg = {.mem_size = size, .ncpus = 1, .cpu = &nop_backend};
+	struct vm_config cfg = {
+	    .mem_size = size, .mem_backing = backing, .ncpus = 1, .cpu = &nop_backend};
+	uint64_t huge = 0;
 	struct reclaim_stats st;
 	struct vm vm;
 	uint64_t zero = 0;
@@ -85,7 +88,11 @@ static void run(uint64_t size, int mostly_zero)
 		fprintf(stderr, "cannot create a %llu MiB VM\n", (unsigned long long)(size >> 20));
 		exit(1);
 	}
+	/* BENCH_NOTHP=1: 4 KiB pages only, as on a host with THP off. */
+	if (getenv("BENCH_NOTHP"))
+		madvise(vm.mem.hva, size, MADV_NOHUGEPAGE);
 	populate(&vm.mem, mostly_zero);
+	gm_huge_bytes(&vm.mem, &huge);
 	t0 = now();
 	for (uint64_t i = 0; i < vm.mem.npages; i++)
 		zero += (uint64_t)reclaim_page_is_zero(vm.mem.hva + (i << GM_PAGE_SHIFT));
@@ -95,22 +102,36 @@ static void run(uint64_t size, int mostly_zero)
 		exit(1);
 	}
 	printf(
-	    "%-12s %5.2f GiB: scan only %6.2f GiB/s (%llu zero pages) | sweep %6.2f GiB/s, "
+	    "%-5s %3llu%% huge %-12s %5.2f GiB: scan only %6.2f GiB/s (%llu zero pages) | sweep "
+	    "%6.2f GiB/s, "
 	    "%.3f s, released 4K %llu MiB 2M %llu MiB, %llu pauses, max %.3f ms, total %.1f ms\n",
-	    name, (double)size / (1 << 30), (double)size / (1 << 30) / scan_s,
-	    (unsigned long long)zero, (double)st.scanned / (1 << 30) / ((double)st.ns / 1e9),
-	    (double)st.ns / 1e9, (unsigned long long)(st.released_4k >> 20),
-	    (unsigned long long)(st.released_2m >> 20), (unsigned long long)st.pauses,
-	    (double)st.pause_ns_max / 1e6, (double)st.pause_ns_total / 1e6);
+	    gm_backing_name(vm.mem.backing), (unsigned long long)(huge * 100 / size), name,
+	    (double)size / (1 << 30), (double)size / (1 << 30) / scan_s, (unsigned long long)zero,
+	    (double)st.scanned / (1 << 30) / ((double)st.ns / 1e9), (double)st.ns / 1e9,
+	    (unsigned long long)(st.released_4k >> 20), (unsigned long long)(st.released_2m >> 20),
+	    (unsigned long long)st.pauses, (double)st.pause_ns_max / 1e6,
+	    (double)st.pause_ns_total / 1e6);
 	vm_destroy(&vm);
 }
 
+/* BENCH_BACKING=memfd|anon|auto (default: both memfd and anon, alternating). */
 int main(void)
 {
-	const char *g = getenv("BENCH_GIB");
+	const char *g = getenv("BENCH_GIB"), *b = getenv("BENCH_BACKING");
 	uint64_t size = (g ? strtoull(g, NULL, 0) : 4) << 30;
+	enum gm_backing one = GM_BACKING_AUTO;
 
-	run(size, 1);
-	run(size, 0);
+	if (b && gm_backing_parse(b, &one)) {
+		fprintf(stderr, "BENCH_BACKING: memfd, anon or auto\n");
+		return 2;
+	}
+	for (int mostly_zero = 1; mostly_zero >= 0; mostly_zero--) {
+		if (b) {
+			run(size, one, mostly_zero);
+			continue;
+		}
+		run(size, GM_BACKING_MEMFD, mostly_zero);
+		run(size, GM_BACKING_ANON, mostly_zero);
+	}
 	return 0;
 }
