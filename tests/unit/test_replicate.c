@@ -409,7 +409,7 @@ static void test_tcp_key(void **state)
 	struct proxy p;
 	pthread_t t;
 	int lfd, sret;
-	unsigned port = listen_any(&lfd);
+	unsigned port = listen_any(&lfd), pport;
 
 	make_key(&key, 'k');
 	make_key(&other, 'o');
@@ -427,8 +427,9 @@ static void test_tcp_key(void **state)
 
 	/* One bit changed in the layer data in flight: the receiver refuses it. */
 	p = (struct proxy){.server_port = port, .flip_at = 3000};
+	pport = listen_any(&p.lfd);
 	assert_int_equal(pthread_create(&t, NULL, proxy_one, &p), 0);
-	assert_true(transfer(f, &key, &key, lfd, listen_any(&p.lfd), &sret) < 0);
+	assert_true(transfer(f, &key, &key, lfd, pport, &sret) < 0);
 	pthread_join(t, NULL);
 	close(p.lfd);
 	assert_int_equal(sret, -EBADMSG);
