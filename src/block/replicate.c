@@ -1007,6 +1007,7 @@ static void replica_name(char *out, unsigned idx, const char *path)
 }
 
 struct chain {
+	struct blockdev *bd; /* open (read-locked) while it is shipped */
 	unsigned n;
 	char *path[REPLICA_MAX_LAYERS]; /* base first */
 	const char *fmt[REPLICA_MAX_LAYERS];
@@ -1014,11 +1015,15 @@ struct chain {
 
 static void chain_free(struct chain *ch)
 {
+	blk_close(ch->bd);
 	for (unsigned i = 0; i < ch->n; i++)
 		free(ch->path[i]);
 }
 
-/* Open the chain read-only just to learn its files, base first. */
+/*
+ * Open the chain read-only to learn its files, base first, and keep it
+ * open: its read locks keep anyone from writing a layer while it is shipped.
+ */
 static int chain_walk(const char *top, struct chain *ch)
 {
 	struct blockdev *bd, *b;
@@ -1043,7 +1048,7 @@ static int chain_walk(const char *top, struct chain *ch)
 			qcow2_get_info(b, &qi);
 		b = qi.backing;
 	}
-	blk_close(bd);
+	ch->bd = bd;
 	/* Shift to base first. */
 	for (unsigned i = 0; i < n; i++) {
 		ch->path[i] = ch->path[REPLICA_MAX_LAYERS - n + i];
