@@ -181,6 +181,25 @@ static int create_raw(const char *path, uint64_t size)
 	return r;
 }
 
+/*
+ * Create a raw or qcow2 image at path. An existing file is write-locked
+ * first: an image another process uses is refused, not truncated under it.
+ */
+static int create_image(const char *path, const char *fmt, const struct qcow2_create_opts *o)
+{
+	struct img_lock *lock = NULL;
+	struct stat st;
+	int r = 0;
+
+	/* Only files hold locks (opening a FIFO to lock it would block). */
+	if (stat(path, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
+		r = img_lock_take(path, IMG_LOCK_WRITE, &lock);
+	if (r == 0)
+		r = strcmp(fmt, "raw") ? qcow2_create(path, o) : create_raw(path, o->size);
+	img_lock_release(lock);
+	return r;
+}
+
 /* The backing file as the new image will name it, opened to learn its size and format. */
 static int probe_backing(const char *file, const char *backing, const char **fmt, uint64_t *size)
 {
@@ -243,7 +262,8 @@ static int img_create(int argc, char **argv)
 	if (!strcmp(fmt, "raw")) {
 		if (o.backing || opts || !have_size)
 			return usage_err("create: raw images take a SIZE and no -b or -o");
-		return create_raw(argv[optind], size) < 0 ? 1 : 0;
+		o.size = size;
+		return create_image(argv[optind], fmt, &o) < 0 ? 1 : 0;
 	}
 	if (opts && parse_qcow2_opts(opts, &o) < 0)
 		return 2;
@@ -259,7 +279,7 @@ static int img_create(int argc, char **argv)
 		return usage_err("create: SIZE is needed without a backing file");
 	}
 	o.size = size;
-	r = qcow2_create(argv[optind], &o);
+	r = create_image(argv[optind], fmt, &o);
 	if (r < 0) {
 		fprintf(stderr, "tern img: creating %s failed: %s\n", argv[optind], strerror(-r));
 		return 1;
@@ -519,8 +539,7 @@ static int img_convert(int argc, char **argv)
 	if (open_ro(argv[optind], ifmt, share, &src) < 0)
 		return 1;
 	o.size = src->size;
-	r = !strcmp(ofmt, "raw") ? create_raw(argv[optind + 1], src->size)
-				 : qcow2_create(argv[optind + 1], &o);
+	r = create_image(argv[optind + 1], ofmt, &o);
 	if (r == 0)
 		r = blk_open_fmt(argv[optind + 1], ofmt, false, &dst);
 	progress_init(&pg, show);

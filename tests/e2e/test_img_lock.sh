@@ -102,6 +102,12 @@ works "tern img info -U" "$TERN" img info -U top.qcow2
 refused "tern nbd-serve" "$TERN" nbd-serve top.qcow2 --port 0
 refused "tern img rebase" "$TERN" img rebase -u -b base.qcow2 -F qcow2 top.qcow2
 refused "tern img check -r leaks" "$TERN" img check -r leaks top.qcow2
+refused "tern img create over it" "$TERN" img create -f qcow2 top.qcow2 16M
+refused "tern img convert into it" "$TERN" img convert -O qcow2 -U base.qcow2 top.qcow2
+qemu-img info -U top.qcow2 | grep -q 'backing file: base.qcow2' ||
+	fail "a refused create or convert changed the image"
+refused "tern replicate send of an image being written" \
+	"$TERN" replicate send --to "$d/replica" top.qcow2
 refused "tern nbd-serve of the backing file (QEMU reads it)" "$TERN" nbd-serve base.qcow2 --port 0
 works "tern nbd-serve --readonly of the backing file" \
 	sh -c "timeout 1 '$TERN' nbd-serve base.qcow2 --port 0 --readonly; [ \$? = 124 ]"
@@ -132,4 +138,15 @@ works "qemu-io -r read" qemu-io -r -f raw -c 'read 0 4k' disk.raw
 works "qemu-img info" qemu-img info -f raw disk.raw
 release
 works "qemu-io write once tern is gone" qemu-io -f raw -c 'write 0 4k' disk.raw
+if [ -n "$can_boot" ]; then
+	echo "check: a running tern VM holds its disk: a second VM and tern img are refused"
+	hold vm "$TERN" run --disk "$d/disk.raw" -- sleep 60
+	wait_locked disk.raw
+	refused "a second tern run --disk" "$TERN" run --disk "$d/disk.raw" -- true
+	refused "tern img info" "$TERN" img info disk.raw
+	works "tern img info -U" "$TERN" img info -U disk.raw
+	# (qemu-img info of a raw image shares writing: it would succeed, as with QEMU.)
+	refused "qemu-io write" qemu-io -f raw -c 'write 0 4k' disk.raw
+	release
+fi
 echo "test_img_lock: all passed"
