@@ -461,12 +461,13 @@ static int conn_tag(struct conn *c, bool outgoing, const void *data, size_t len,
 	return rauth_hmac(c->session, sizeof(c->session), parts, 3, tag);
 }
 
-static int write_all(int fd, const void *buf, size_t len)
+/* flags: MSG_MORE when a small piece follows at once (a chunk's tag). */
+static int send_all(int fd, const void *buf, size_t len, int flags)
 {
 	const char *p = buf;
 
 	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL | flags);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -476,6 +477,11 @@ static int write_all(int fd, const void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	return send_all(fd, buf, len, 0);
 }
 
 __attribute__((format(printf, 2, 3))) static int say(struct conn *c, const char *fmt, ...)
@@ -967,10 +973,16 @@ static int dest_write(struct dest *d, const void *buf, size_t len)
 
 	if (d->local)
 		return replica_write(d->local, buf, len);
-	r = write_all(d->remote->fd, buf, len);
-	if (r == 0 && d->remote->authed)
+	if (!d->remote->authed)
+		return write_all(d->remote->fd, buf, len);
+	/*
+	 * The tag goes out with its chunk: sent alone, a small segment would
+	 * wait for the chunk's delayed acknowledgement (Nagle), every chunk.
+	 */
+	r = send_all(d->remote->fd, buf, len, MSG_MORE);
+	if (r == 0)
 		r = conn_tag(d->remote, true, buf, len, tag);
-	if (r == 0 && d->remote->authed)
+	if (r == 0)
 		r = write_all(d->remote->fd, tag, sizeof(tag));
 	return r;
 }
