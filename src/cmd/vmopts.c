@@ -41,7 +41,7 @@ static const struct option vm_longopts[] = {
     {"disk", required_argument, NULL, O_DISK},
     {"accel", required_argument, NULL, O_ACCEL},
     {"api-socket", required_argument, NULL, O_API_SOCKET},
-    {"balloon", no_argument, NULL, O_BALLOON},
+    {"balloon", optional_argument, NULL, O_BALLOON},
     {"mem-backing", required_argument, NULL, O_MEM_BACKING},
     {"cpu-model", required_argument, NULL, O_CPU_MODEL},
     {"verbose", no_argument, NULL, 'v'},
@@ -58,8 +58,9 @@ void vmopts_usage(FILE *f)
 		"  --memory MIB        guest RAM in MiB (default 256, %d..%d)\n"
 		"  --disk PATH[,readonly]  virtio-blk disk (repeatable, up to %d)\n"
 		"  --api-socket PATH   serve the control API on this Unix socket (docs/api.md)\n"
-		"  --balloon           virtio-balloon with statistics and free page reporting\n"
-		"                      (docs/memory.md; target set through the API)\n"
+		"  --balloon[=no-reporting]  virtio-balloon with statistics and free page\n"
+		"                      reporting (=no-reporting: without it); docs/memory.md;\n"
+		"                      target set through the API\n"
 		"  --mem-backing auto|memfd|anon  what backs guest RAM (default auto: memfd\n"
 		"                      when the host gives shared memory huge pages, else anon)\n"
 		"  --accel kvm|emu|auto    CPU backend (default auto: kvm when the host has\n"
@@ -194,7 +195,11 @@ static int parse_one(struct vmopts *o, int c, const char *arg)
 	case O_API_SOCKET:
 		return set_str(&o->desc.api_socket, arg);
 	case O_BALLOON:
+		if (arg && strcmp(arg, "no-reporting"))
+			return usage_error(o, "--balloon='%s': the only option is no-reporting",
+					   arg);
 		o->desc.balloon = true;
+		o->desc.balloon_no_reporting = arg != NULL;
 		return 0;
 	case O_MEM_BACKING:
 		if (gm_backing_parse(arg, &o->desc.mem_backing))

@@ -5,12 +5,11 @@
  * state file's MACHINE record, not as a device.
  *
  * Record (little-endian), version 2: u32 version, u32 flags (1 balloon,
- * 2 identity device), u32 vCPUs, u64 RAM MiB, four strings (kernel, initrd,
- * command line, accel: u32 length then bytes, no NUL; length 0 for none),
- * u32 ndisks, then per disk: u32 readonly, u32 path length, the path, u64
- * the disk's size in bytes when the VM was described. Version 1 (read, not
- * written) is u32 version, u32 ndisks and the disks: no balloon, no
- * identity device.
+ * 2 identity device, 4 balloon without free page reporting), u32 vCPUs, u64 RAM MiB, four strings
+ * (kernel, initrd, command line, accel: u32 length then bytes, no NUL; length 0 for none), u32
+ * ndisks, then per disk: u32 readonly, u32 path length, the path, u64 the disk's size in bytes when
+ * the VM was described. Version 1 (read, not written) is u32 version, u32 ndisks and the disks: no
+ * balloon, no identity device.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -30,6 +29,7 @@
 #define DESC_VERSION 2u
 #define DESC_F_BALLOON 1u
 #define DESC_F_IDENTITY 2u
+#define DESC_F_BALLOON_NOREPORT 4u
 
 void machine_desc_clear(struct machine_desc *d)
 {
@@ -182,7 +182,8 @@ static int put_str(struct dev_buf *out, const char *s)
 
 int snap_desc_encode(const struct machine_desc *d, struct dev_buf *out)
 {
-	uint32_t flags = (d->balloon ? DESC_F_BALLOON : 0) | (d->identity ? DESC_F_IDENTITY : 0);
+	uint32_t flags = (d->balloon ? DESC_F_BALLOON : 0) | (d->identity ? DESC_F_IDENTITY : 0) |
+			 (d->balloon_no_reporting ? DESC_F_BALLOON_NOREPORT : 0);
 	int err = snap_put_u32(out, DESC_VERSION);
 
 	if (!err)
@@ -253,10 +254,14 @@ static int rd_v2(struct snap_rd *r, struct machine_desc *d)
 
 	d->cpus = (int)snap_rd_u32(r);
 	d->mem_mib = snap_rd_u64(r);
-	if (r->err || flags & ~(DESC_F_BALLOON | DESC_F_IDENTITY))
+	if (r->err || flags & ~(DESC_F_BALLOON | DESC_F_IDENTITY | DESC_F_BALLOON_NOREPORT))
+		return -EINVAL;
+	/* "Without reporting" qualifies a balloon; alone it is a damaged record. */
+	if ((flags & (DESC_F_BALLOON | DESC_F_BALLOON_NOREPORT)) == DESC_F_BALLOON_NOREPORT)
 		return -EINVAL;
 	d->balloon = flags & DESC_F_BALLOON;
 	d->identity = flags & DESC_F_IDENTITY;
+	d->balloon_no_reporting = flags & DESC_F_BALLOON_NOREPORT;
 	err = rd_str(r, MACHINE_PATH_MAX - 1, false, &d->kernel);
 	if (!err)
 		err = rd_str(r, MACHINE_PATH_MAX - 1, false, &d->initrd);
@@ -325,7 +330,7 @@ int machine_desc_build(struct vm *vm, const struct machine_desc *d, int console_
 	if (!err)
 		err = add_disks(vm, d, boot);
 	if (!err && d->balloon) {
-		err = virtio_balloon_add(vm);
+		err = virtio_balloon_add(vm, !d->balloon_no_reporting);
 		if (err)
 			pr_err("virtio-balloon: %s", strerror(-err));
 	}

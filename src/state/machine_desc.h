@@ -37,7 +37,8 @@ struct machine_desc {
 	char *accel; /* "kvm", "emu" or "auto" */
 	unsigned ndisks;
 	struct machine_disk disks[MACHINE_MAX_DISKS];
-	bool balloon;  /* virtio-balloon */
+	bool balloon;		   /* virtio-balloon */
+	bool balloon_no_reporting; /* ... without free page reporting */
 	bool identity; /* the identity device (state/identity.h); false only in old snapshots */
 	/*
 	 * The portable CPU model (cpu/cpu.h: cpu_model_cfg.baseline). Not in the

@@ -677,7 +677,7 @@ struct balloon *balloon_find(struct vm *vm)
 	return NULL;
 }
 
-int virtio_balloon_add(struct vm *vm)
+int virtio_balloon_add(struct vm *vm, bool free_page_reporting)
 {
 	uint8_t cfg[CFG_SIZE] = {0};
 	struct balloon *b;
@@ -708,5 +708,7 @@ int virtio_balloon_add(struct vm *vm)
 	err = virtio_pci_create(vm, &balloon_ops, b, cfg, &b->vd);
 	if (err)
 		pr_err("virtio-balloon: %s", strerror(-err));
+	else if (!free_page_reporting)
+		b->vd->host_features &= ~(1ull << VIRTIO_BALLOON_F_PAGE_REPORTING);
 	return err;
 }

@@ -68,8 +68,11 @@ struct balloon_info {
 	struct reclaim_stats last_sweep;
 };
 
-/* Add the device (call after pci_init()). The VM owns it. 0 or -errno. */
-int virtio_balloon_add(struct vm *vm);
+/*
+ * Add the device (call after pci_init()); free page reporting is offered
+ * only if asked for. The VM owns it. 0 or -errno.
+ */
+int virtio_balloon_add(struct vm *vm, bool free_page_reporting);
 
 /* The VM's balloon, or NULL if it has none. */
 struct balloon *balloon_find(struct vm *vm);

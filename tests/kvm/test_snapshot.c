@@ -27,7 +27,7 @@
 #define IDT_ADDR 0xa000ull
 #define READY 0xee
 #define NCPUS 2
-#define TMICT 400000000u /* LAPIC timer ticks at 1 GHz in KVM: 0.4 s */
+#define TMICT 2000000000u /* LAPIC timer ticks at 1 GHz in KVM: 2 s, ample on a loaded host */
 #define APIC_TMICT 0x380
 #define APIC_TMCCT 0x390
 #define MEM_SIZE (16ull << 20)
@@ -318,7 +318,7 @@ int main(void)
 	guest_start(&a, &dev_a);
 	TEST_ASSERT_EQ(mp_state(&a.vcpus[1]), KVM_MP_STATE_UNINITIALIZED);
 
-	/* Let it count for a while (the timer has 0.4 s to go), then take the snapshot. */
+	/* Let it count for a while (the timer has 2 s to go), then take the snapshot. */
 	test_run_kicked(&a.vcpus[0], 100);
 	TEST_ASSERT_EQ(dev_a.n, 1);
 	snapshot_take(&a, &s);

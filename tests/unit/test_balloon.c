@@ -150,7 +150,7 @@ static int setup(void **state)
 {
 	struct fix *f = calloc(1, sizeof(*f));
 
-	if (!f || test_vm_create(&f->vm, RAM) || pci_init(&f->vm) || virtio_balloon_add(&f->vm))
+	if (!f || test_vm_create(&f->vm, RAM) || pci_init(&f->vm) || virtio_balloon_add(&f->vm, true))
 		return -1;
 	f->b = balloon_find(&f->vm);
 	if (!f->b)

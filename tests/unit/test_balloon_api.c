@@ -30,7 +30,7 @@ static int setup_common(void **state, bool balloon)
 
 	if (!f || test_vm_create(&f->vm, RAM) || pci_init(&f->vm))
 		return -1;
-	if (balloon && virtio_balloon_add(&f->vm))
+	if (balloon && virtio_balloon_add(&f->vm, true))
 		return -1;
 	f->api.vm = &f->vm;
 	pthread_mutex_init(&f->api.action_lock, NULL);

@@ -164,6 +164,7 @@ static void fill_desc(struct machine_desc *d)
 	d->cpus = 2;
 	d->mem_mib = 512;
 	d->balloon = true;
+	d->balloon_no_reporting = true;
 	d->identity = true;
 	assert_int_equal(machine_desc_add_disk(d, "/var/disk.img", false), 0);
 	assert_int_equal(machine_desc_add_disk(d, "/var/ro.qcow2", true), 0);
@@ -184,7 +185,7 @@ static void test_record_round_trip(void **state)
 	assert_string_equal(back.accel, "emu");
 	assert_int_equal(back.cpus, 2);
 	assert_int_equal(back.mem_mib, 512);
-	assert_true(back.balloon && back.identity);
+	assert_true(back.balloon && back.identity && back.balloon_no_reporting);
 	assert_int_equal(back.ndisks, 2);
 	assert_string_equal(back.disks[1].path, "/var/ro.qcow2");
 	assert_true(back.disks[1].readonly && !back.disks[0].readonly);
@@ -221,7 +222,8 @@ static void test_hostile_records(void **state)
 {
 	/* Layout: version 0, flags 4, cpus 8, mem 12, kernel length 20. */
 	assert_int_equal(decode_patched(0, 3), -EPROTONOSUPPORT);
-	assert_int_equal(decode_patched(4, 4), -EINVAL);	   /* unknown flag */
+	assert_int_equal(decode_patched(4, 8), -EINVAL);	   /* unknown flag */
+	assert_int_equal(decode_patched(4, 4), -EINVAL);	   /* no-reporting without a balloon */
 	assert_int_equal(decode_patched(20, 0xffffffff), -EINVAL); /* kernel length */
 	assert_int_equal(decode_patched(20, 4096), -EINVAL);
 	/* Version 1: disk count above 16, a path with a NUL, readonly not 0/1. */
