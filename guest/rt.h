@@ -96,6 +96,19 @@ static inline void put_fd(int fd, const char *s)
 	syscall3(SYS_WRITE, fd, (long)s, (long)str_len(s));
 }
 
+static inline void put_ulong(int fd, unsigned long v)
+{
+	char buf[24];
+	int i = (int)sizeof(buf) - 1;
+
+	buf[i] = '\0';
+	do {
+		buf[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v && i > 0);
+	put_fd(fd, buf + i);
+}
+
 /* Strict decimal up to max: a typo must not turn into a plausible value. */
 static inline int parse_ulong(const char *s, unsigned long max, unsigned long *out)
 {

@@ -231,24 +231,11 @@ static unsigned long run_phase(struct job *j, int phase)
 	return ns;
 }
 
-static void put_ulong(unsigned long v)
-{
-	char buf[24];
-	int i = (int)sizeof(buf) - 1;
-
-	buf[i] = '\0';
-	do {
-		buf[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	put_fd(1, buf + i);
-}
-
 static void put_kv(const char *k, unsigned long v)
 {
 	put_fd(1, k);
 	put_fd(1, "=");
-	put_ulong(v);
+	put_ulong(1, v);
 	put_fd(1, "\n");
 }
 

@@ -85,19 +85,6 @@ static unsigned long now_ms(void)
 	return (unsigned long)ts.sec * 1000 + (unsigned long)ts.nsec / 1000000;
 }
 
-static void put_ulong(int fd, unsigned long v)
-{
-	char buf[24];
-	int i = (int)sizeof(buf) - 1;
-
-	buf[i] = '\0';
-	do {
-		buf[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	put_fd(fd, buf + i);
-}
-
 static void put_hex(int fd, unsigned long v)
 {
 	char buf[19] = "0x";

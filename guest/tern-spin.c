@@ -35,19 +35,6 @@ static void spin(unsigned long n)
 			 : "rax", "cc", "memory");
 }
 
-static void put_ulong(unsigned long v)
-{
-	char buf[24];
-	int i = (int)sizeof(buf) - 1;
-
-	buf[i] = '\0';
-	do {
-		buf[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	put_fd(1, buf + i);
-}
-
 int guest_main(long argc, char **argv)
 {
 	unsigned long n;
@@ -58,7 +45,7 @@ int guest_main(long argc, char **argv)
 	}
 	spin(n);
 	put_fd(1, "tern-spin: ");
-	put_ulong(n);
+	put_ulong(1, n);
 	put_fd(1, " iterations\n");
 	return 0;
 }

@@ -86,22 +86,6 @@ struct snapshot {
 	uint8_t *ram;
 };
 
-static uint64_t guest_u64(struct vm *vm, uint64_t off)
-{
-	uint64_t v;
-
-	TEST_ASSERT(gm_read(&vm->mem, GUEST_DATA_ADDR + off, &v, 8) == 0, "gm_read");
-	return v;
-}
-
-static uint32_t lapic_reg(const struct cpu_state *st, unsigned off)
-{
-	uint32_t v;
-
-	memcpy(&v, st->lapic + off, 4);
-	return v;
-}
-
 static void set_gate(struct vm *vm, unsigned vec, const char *handler)
 {
 	uint64_t addr = GUEST_CODE_ADDR + (uint64_t)(handler - guest_x_start);
@@ -208,7 +192,7 @@ static void restore_on(const struct cpu_backend *cpu, const struct snapshot *s)
 	struct cpu_state st;
 	struct vm vm;
 	char why[512] = "";
-	uint64_t r12 = s->st[0].gpr[12], tmcct = lapic_reg(&s->st[0], APIC_TMCCT);
+	uint64_t r12 = s->st[0].gpr[12], tmcct = test_lapic_reg(&s->st[0], APIC_TMCCT);
 	double fired;
 	int r;
 
@@ -239,27 +223,27 @@ static void restore_on(const struct cpu_backend *cpu, const struct snapshot *s)
 	TEST_ASSERT(r == 0, "import_neutral on %s: %s", cpu->name, strerror(-r));
 	vcpu_get_state(&vm.vcpus[0], &st);
 	TEST_ASSERT_EQ(st.gpr[12], r12);
-	TEST_ASSERT_EQ(lapic_reg(&st, APIC_TMICT), TMICT);
-	TEST_ASSERT(lapic_reg(&st, APIC_TMCCT) <= tmcct && lapic_reg(&st, APIC_TMCCT) > 0,
-		    "timer count %u on %s, %llu saved: restarted?", lapic_reg(&st, APIC_TMCCT),
+	TEST_ASSERT_EQ(test_lapic_reg(&st, APIC_TMICT), TMICT);
+	TEST_ASSERT(test_lapic_reg(&st, APIC_TMCCT) <= tmcct && test_lapic_reg(&st, APIC_TMCCT) > 0,
+		    "timer count %u on %s, %llu saved: restarted?", test_lapic_reg(&st, APIC_TMCCT),
 		    cpu->name, (unsigned long long)tmcct);
 
 	fired = test_run_kicked(&vm.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev.n, 1);
 	test_dev_expect(&dev, 0, 0, 1, true, 0x42);
 	TEST_ASSERT(fired < 4.0, "the timer fired after %.2f s on %s", fired, cpu->name);
-	TEST_ASSERT_EQ(guest_u64(&vm, D_TIMER), 1);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + D_TIMER), 1);
 	vcpu_get_state(&vm.vcpus[0], &st);
 	TEST_ASSERT(st.gpr[12] > r12, "r12 %llu, saved %llu on %s", (unsigned long long)st.gpr[12],
 		    (unsigned long long)r12, cpu->name);
-	TEST_ASSERT(guest_u64(&vm, D_COUNT) >= r12, "count went back");
+	TEST_ASSERT(test_guest_u64(&vm, GUEST_DATA_ADDR + D_COUNT) >= r12, "count went back");
 
 	TEST_ASSERT_EQ(vm.cpu->irq_line(&vm, 5, 1), 0);
 	TEST_ASSERT_EQ(vm.cpu->irq_line(&vm, 5, 0), 0);
 	test_run_kicked(&vm.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev.n, 2);
 	test_dev_expect(&dev, 1, 0, 1, true, 0x41);
-	TEST_ASSERT_EQ(guest_u64(&vm, D_PIN5), 1);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + D_PIN5), 1);
 
 	/* vCPU 1 was never started: it still runs nothing. */
 	test_run_kicked(&vm.vcpus[1], 200);

@@ -53,14 +53,6 @@ static void clear_dirty(struct vm *vm)
 	memset(vm->mem.dirty, 0, (vm->mem.npages + 63) / 64 * sizeof(uint64_t));
 }
 
-static uint64_t guest_u64(struct vm *vm, uint64_t gpa)
-{
-	uint64_t v;
-
-	TEST_ASSERT(gm_read(&vm->mem, gpa, &v, 8) == 0, "gm_read(%#llx)", (unsigned long long)gpa);
-	return v;
-}
-
 /* boot_setup_tables() maps 0..4 GiB; add 4..5 GiB for the high slot. */
 static void map_high(struct vm *vm)
 {
@@ -109,11 +101,11 @@ int main(void)
 	vcpu_run_expect(&vm.vcpus[0], VCPU_EXIT_HLT);
 
 	/* The VMM sees the guest's writes, and the guest saw the VMM's. */
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR), sum);
-	TEST_ASSERT_EQ(guest_u64(&vm, 0x201000), 0xaaaa);
-	TEST_ASSERT_EQ(guest_u64(&vm, 0x205ff8), 0xbbbb);
-	TEST_ASSERT_EQ(guest_u64(&vm, HIGH_A), 0xcccc);
-	TEST_ASSERT_EQ(guest_u64(&vm, HIGH_B + 8), 0xdddd);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR), sum);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, 0x201000), 0xaaaa);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, 0x205ff8), 0xbbbb);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, HIGH_A), 0xcccc);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, HIGH_B + 8), 0xdddd);
 
 	TEST_ASSERT_EQ(vm.cpu->sync_dirty(&vm), 0);
 	for (size_t i = 0; i < sizeof(written) / sizeof(written[0]); i++)

@@ -31,14 +31,6 @@ __asm__(".pushsection .text\n"
 	".popsection\n");
 extern const char guest_mmio_start[], guest_mmio_end[];
 
-static uint64_t guest_u64(struct vm *vm, uint64_t gpa)
-{
-	uint64_t v;
-
-	TEST_ASSERT(gm_read(&vm->mem, gpa, &v, 8) == 0, "gm_read(%#llx)", (unsigned long long)gpa);
-	return v;
-}
-
 int main(void)
 {
 	struct vm vm;
@@ -62,11 +54,11 @@ int main(void)
 	test_dev_expect(&dev, 6, 20, 4, false, test_dev_pattern(20, 4));
 	test_dev_expect(&dev, 7, 24, 8, false, test_dev_pattern(24, 8));
 
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 0), test_dev_pattern(16, 1));
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 8), test_dev_pattern(18, 2));
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 16), test_dev_pattern(20, 4));
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 24), test_dev_pattern(24, 8));
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 32), 0xffffffffull);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 0), test_dev_pattern(16, 1));
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 8), test_dev_pattern(18, 2));
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 16), test_dev_pattern(20, 4));
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 24), test_dev_pattern(24, 8));
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 32), 0xffffffffull);
 	TEST_ASSERT_EQ(vm.vcpus[0].exits_mmio, 9);
 
 	vm_destroy(&vm);

@@ -90,22 +90,6 @@ struct snapshot {
 	uint64_t clock;
 };
 
-static uint64_t guest_u64(struct vm *vm, uint64_t off)
-{
-	uint64_t v;
-
-	TEST_ASSERT(gm_read(&vm->mem, GUEST_DATA_ADDR + off, &v, 8) == 0, "gm_read");
-	return v;
-}
-
-static uint32_t lapic_reg(const struct cpu_state *st, unsigned off)
-{
-	uint32_t v;
-
-	memcpy(&v, st->lapic + off, 4);
-	return v;
-}
-
 static uint32_t mp_state(struct vcpu *v)
 {
 	struct kvm_mp_state mp;
@@ -323,11 +307,11 @@ int main(void)
 	TEST_ASSERT_EQ(dev_a.n, 1);
 	snapshot_take(&a, &s);
 	r12 = s.st[0].gpr[12];
-	count = guest_u64(&a, D_COUNT);
+	count = test_guest_u64(&a, GUEST_DATA_ADDR + D_COUNT);
 	TEST_ASSERT(r12 > 0 && (count == r12 || count + 1 == r12), "r12 %llu, memory %llu",
 		    (unsigned long long)r12, (unsigned long long)count);
-	TEST_ASSERT_EQ(guest_u64(&a, D_TIMER), 0);
-	tmcct = lapic_reg(&s.st[0], APIC_TMCCT);
+	TEST_ASSERT_EQ(test_guest_u64(&a, GUEST_DATA_ADDR + D_TIMER), 0);
+	tmcct = test_lapic_reg(&s.st[0], APIC_TMCCT);
 	TEST_ASSERT(tmcct > 0 && tmcct < TMICT, "saved timer count %llu",
 		    (unsigned long long)tmcct);
 	vm_destroy(&a);
@@ -357,21 +341,21 @@ int main(void)
 		    (unsigned long long)s.clock);
 	vcpu_get_state(&b.vcpus[0], &st);
 	TEST_ASSERT_EQ(st.gpr[12], r12);
-	TEST_ASSERT_EQ(lapic_reg(&st, APIC_TMICT), TMICT);
-	TEST_ASSERT(lapic_reg(&st, APIC_TMCCT) <= tmcct && lapic_reg(&st, APIC_TMCCT) > 0,
+	TEST_ASSERT_EQ(test_lapic_reg(&st, APIC_TMICT), TMICT);
+	TEST_ASSERT(test_lapic_reg(&st, APIC_TMCCT) <= tmcct && test_lapic_reg(&st, APIC_TMCCT) > 0,
 		    "timer count %u after restore, %llu saved: restarted?",
-		    lapic_reg(&st, APIC_TMCCT), (unsigned long long)tmcct);
+		    test_lapic_reg(&st, APIC_TMCCT), (unsigned long long)tmcct);
 
 	/* The timer fires with what it had left; the count went on meanwhile. */
 	fired = test_run_kicked(&b.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev_b.n, 1);
 	test_dev_expect(&dev_b, 0, 0, 1, true, 0x42);
 	TEST_ASSERT(fired < 4.0, "the timer fired after %.2f s", fired);
-	TEST_ASSERT_EQ(guest_u64(&b, D_TIMER), 1);
+	TEST_ASSERT_EQ(test_guest_u64(&b, GUEST_DATA_ADDR + D_TIMER), 1);
 	vcpu_get_state(&b.vcpus[0], &st);
 	TEST_ASSERT(st.gpr[12] > r12, "r12 %llu, saved %llu", (unsigned long long)st.gpr[12],
 		    (unsigned long long)r12);
-	TEST_ASSERT(guest_u64(&b, D_COUNT) >= r12, "count went back");
+	TEST_ASSERT(test_guest_u64(&b, GUEST_DATA_ADDR + D_COUNT) >= r12, "count went back");
 
 	/* The IOAPIC routing the guest programmed before the snapshot still delivers. */
 	TEST_ASSERT_EQ(b.cpu->irq_line(&b, 5, 1), 0);
@@ -379,7 +363,7 @@ int main(void)
 	test_run_kicked(&b.vcpus[0], 5000);
 	TEST_ASSERT_EQ(dev_b.n, 2);
 	test_dev_expect(&dev_b, 1, 0, 1, true, 0x41);
-	TEST_ASSERT_EQ(guest_u64(&b, D_PIN5), 1);
+	TEST_ASSERT_EQ(test_guest_u64(&b, GUEST_DATA_ADDR + D_PIN5), 1);
 
 	test_ap_still_waiting(&b, &s.st[1]);
 

@@ -54,14 +54,6 @@ __asm__(".pushsection .text\n"
 	".popsection\n");
 extern const char guest_cpuid_start[], guest_cpuid_end[];
 
-static uint64_t guest_u64(struct vm *vm, uint64_t gpa)
-{
-	uint64_t v;
-
-	TEST_ASSERT(gm_read(&vm->mem, gpa, &v, 8) == 0, "gm_read(%#llx)", (unsigned long long)gpa);
-	return v;
-}
-
 static void expect_same_state(const struct cpu_state *a, const struct cpu_state *b)
 {
 	struct cpu_state x = *a, y = *b;
@@ -106,11 +98,11 @@ static void test_roundtrip(const struct cpu_backend *cpu)
 	expect_same_state(&st, &st2);
 
 	vcpu_run_expect(v, VCPU_EXIT_HLT);
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 0), 0x3333333333333333ull);
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 8), 0xf0f0f0f0f0f0f0f0ull);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 0), 0x3333333333333333ull);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 8), 0xf0f0f0f0f0f0f0f0ull);
 	TEST_ASSERT(gm_read(&vm.mem, GUEST_DATA_ADDR + 32, xmm, 16) == 0, "gm_read");
 	TEST_ASSERT(!memcmp(xmm, xmm0, 16), "the guest's xmm0 is not what set_state put there");
-	TEST_ASSERT_EQ(guest_u64(&vm, GUEST_DATA_ADDR + 24), 0xffffffff81000000ull);
+	TEST_ASSERT_EQ(test_guest_u64(&vm, GUEST_DATA_ADDR + 24), 0xffffffff81000000ull);
 
 	vcpu_get_state(v, &st);
 	TEST_ASSERT_EQ(st.rip, GUEST_CODE_ADDR + (guest_state_end - guest_state_start));

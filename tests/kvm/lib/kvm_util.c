@@ -145,6 +145,22 @@ void vcpu_run_expect(struct vcpu *vcpu, enum vcpu_exit want)
 		    vcpu_exit_str(want));
 }
 
+uint64_t test_guest_u64(struct vm *vm, uint64_t gpa)
+{
+	uint64_t v;
+
+	TEST_ASSERT(gm_read(&vm->mem, gpa, &v, 8) == 0, "gm_read(%#llx)", (unsigned long long)gpa);
+	return v;
+}
+
+uint32_t test_lapic_reg(const struct cpu_state *st, unsigned off)
+{
+	uint32_t v;
+
+	memcpy(&v, st->lapic + off, 4);
+	return v;
+}
+
 uint64_t test_dev_pattern(uint64_t offset, unsigned size)
 {
 	uint64_t v = 0xA1B2C3D4E5F60718ull ^ (offset * 0x0101010101010101ull);
@@ -271,4 +287,3 @@ double test_run_kicked(struct vcpu *v, unsigned ms)
 	pthread_cond_destroy(&k.cond);
 	return t;
 }
-

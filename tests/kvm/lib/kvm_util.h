@@ -95,6 +95,11 @@ struct test_dev {
 };
 /* Reads of (offset, size) return this; tests compute the same to check. */
 uint64_t test_dev_pattern(uint64_t offset, unsigned size);
+
+/* The guest's u64 at gpa (through the checked accessor; fails the test if unmapped). */
+uint64_t test_guest_u64(struct vm *vm, uint64_t gpa);
+/* A 32-bit register of a saved LAPIC page (struct cpu_state.lapic). */
+uint32_t test_lapic_reg(const struct cpu_state *st, unsigned off);
 void test_dev_attach(struct test_dev *d, struct vm *vm, struct io_bus *bus, uint64_t base,
 		     uint64_t len);
 void test_dev_expect(const struct test_dev *d, unsigned i, uint64_t offset, unsigned size,
