@@ -9,15 +9,15 @@ static const struct {
 	int (*fn)(int argc, char **argv);
 	const char *help;
 } commands[] = {
-	{"run", cmd_run, "boot a guest (default: the built default guest)"},
-	{"img", cmd_img, "create, inspect and convert disk images (raw, qcow2)"},
-	{"ctl", cmd_ctl, "control a running VM through its API socket"},
-	{"snapshot", cmd_snapshot, "boot a guest and snapshot it at a marker or time"},
-	{"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
-	{"clone", cmd_clone, "start copy-on-write clones of a snapshot"},
-	{"nbd-serve", cmd_nbd_serve, "export a disk image over NBD"},
-	{"volume", cmd_volume, "pack many files into one read-only disk, list, unpack"},
-	{"replicate", cmd_replicate, "ship a disk's chain to a recovery site, or serve one"},
+    {"run", cmd_run, "boot a guest (default: the built default guest)"},
+    {"img", cmd_img, "create, inspect and convert disk images (raw, qcow2)"},
+    {"ctl", cmd_ctl, "control a running VM through its API socket"},
+    {"snapshot", cmd_snapshot, "boot a guest and snapshot it at a marker or time"},
+    {"restore", cmd_restore, "resume a VM from a snapshot where it stopped"},
+    {"clone", cmd_clone, "start copy-on-write clones of a snapshot"},
+    {"nbd-serve", cmd_nbd_serve, "export a disk image over NBD"},
+    {"volume", cmd_volume, "pack many files into one read-only disk, list, unpack"},
+    {"replicate", cmd_replicate, "ship a disk's chain to a recovery site, or serve one"},
 };
 
 static void usage(FILE *f)

@@ -30,7 +30,7 @@ struct bus_range {
 #define BUS_LOGGED_MAX 32
 
 struct io_bus {
-	pthread_rwlock_t lock; /* ranges change rarely (BAR moves); lookups are shared */
+	pthread_rwlock_t lock;	  /* ranges change rarely (BAR moves); lookups are shared */
 	struct bus_range *ranges; /* sorted by base, non-overlapping */
 	unsigned count, cap;
 	const char *name;

@@ -12,7 +12,7 @@ typedef union {
 } emu_xmm;
 
 struct emu_fpu {
-	long double st[8]; /* physical registers R0..R7; ST(i) = st[(top + i) & 7] */
+	long double st[8];	/* physical registers R0..R7; ST(i) = st[(top + i) & 7] */
 	uint16_t fcw, fsw, ftw; /* ftw: full 2-bit tag word */
 	uint16_t fop;
 	uint64_t fip, fdp;

@@ -44,7 +44,7 @@ struct kvm_vm_priv {
 	struct kvm_cpuid2 *cpuid; /* what the host supports, copied per vCPU */
 	uint32_t *msr_index;	  /* MSRs this KVM can save and restore, sorted */
 	uint32_t nmsr_index;
-	int xsave_size; /* bytes of KVM_GET_XSAVE(2), 0 when only KVM_GET_FPU works */
+	int xsave_size;		    /* bytes of KVM_GET_XSAVE(2), 0 when only KVM_GET_FPU works */
 	struct cpu_model_cfg model; /* the VM's; tsc_khz and apic_tick_ns filled in */
 };
 
