@@ -4,7 +4,7 @@ CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla
 CFLAGS  ?= -O2 -g
 CPPFLAGS += -Isrc
-LDLIBS  := -lZydis -lpthread -lm -lz -llz4 -llzma -lzstd -lbz2 -ljson-c -lcrypto
+LDLIBS  := -lZydis -lpthread -lm -lz -llz4 -llzma -lzstd -lbz2 -ljson-c
 
 SRCS     := $(shell find src -name '*.c' | sort)
 LIB_SRCS := $(filter-out src/main.c,$(SRCS))

@@ -1,21 +1,77 @@
 /*
- * Replication authentication primitives on OpenSSL's libcrypto: the key
- * file, HMAC-SHA256, nonces (replicate_auth.h).
+ * Replication authentication primitives: the key file, HMAC-SHA256 on
+ * OpenSSL's libcrypto, nonces from the kernel (replicate_auth.h).
+ *
+ * libcrypto is loaded the first time a tag is computed, not linked:
+ * linked, its relocations and start-up leave about 400 KiB of private
+ * memory in every tern process, every clone included, and only
+ * replication uses it.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/core_names.h>
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "block/replicate_auth.h"
 #include "util/log.h"
+
+#define CRYPTO_SONAME "libcrypto.so.3"
+
+static struct {
+	__typeof__(OSSL_PARAM_construct_utf8_string) *param_utf8;
+	__typeof__(OSSL_PARAM_construct_end) *param_end;
+	__typeof__(EVP_MAC_fetch) *mac_fetch;
+	__typeof__(EVP_MAC_free) *mac_free;
+	__typeof__(EVP_MAC_CTX_new) *ctx_new;
+	__typeof__(EVP_MAC_CTX_free) *ctx_free;
+	__typeof__(EVP_MAC_init) *init;
+	__typeof__(EVP_MAC_update) *update;
+	__typeof__(EVP_MAC_final) *final;
+} crypto;
+static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
+static bool crypto_ok;
+
+static void *crypto_sym(void *lib, const char *name, bool *ok)
+{
+	void *f = dlsym(lib, name);
+
+	if (!f) {
+		pr_err("replicate: %s has no %s", CRYPTO_SONAME, name);
+		*ok = false;
+	}
+	return f;
+}
+
+static void crypto_load(void)
+{
+	void *lib = dlopen(CRYPTO_SONAME, RTLD_NOW | RTLD_LOCAL);
+	bool ok = true;
+
+	if (!lib) {
+		pr_err("replicate: cannot load %s (Debian package libssl3): %s", CRYPTO_SONAME,
+		       dlerror());
+		return;
+	}
+	crypto.param_utf8 = crypto_sym(lib, "OSSL_PARAM_construct_utf8_string", &ok);
+	crypto.param_end = crypto_sym(lib, "OSSL_PARAM_construct_end", &ok);
+	crypto.mac_fetch = crypto_sym(lib, "EVP_MAC_fetch", &ok);
+	crypto.mac_free = crypto_sym(lib, "EVP_MAC_free", &ok);
+	crypto.ctx_new = crypto_sym(lib, "EVP_MAC_CTX_new", &ok);
+	crypto.ctx_free = crypto_sym(lib, "EVP_MAC_CTX_free", &ok);
+	crypto.init = crypto_sym(lib, "EVP_MAC_init", &ok);
+	crypto.update = crypto_sym(lib, "EVP_MAC_update", &ok);
+	crypto.final = crypto_sym(lib, "EVP_MAC_final", &ok);
+	crypto_ok = ok; /* the library stays loaded for the process's lifetime */
+}
 
 static int key_read(int fd, const char *path, struct replicate_key *key)
 {
@@ -64,37 +120,58 @@ int replicate_key_load(const char *path, struct replicate_key *key)
 	r = key_read(fd, path, key);
 	close(fd);
 	if (r < 0)
-		OPENSSL_cleanse(key, sizeof(*key));
+		explicit_bzero(key, sizeof(*key));
 	return r;
 }
 
 int rauth_hmac(const uint8_t *key, size_t klen, const struct iovec *parts, int nparts,
 	       uint8_t tag[RAUTH_TAG])
 {
-	OSSL_PARAM params[] = {
-	    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-	    OSSL_PARAM_construct_end()};
-	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+	EVP_MAC *mac;
+	EVP_MAC_CTX *ctx;
 	size_t out = 0;
-	int ok = ctx && EVP_MAC_init(ctx, key, klen, params);
+	int ok;
 
+	pthread_once(&crypto_once, crypto_load);
+	if (!crypto_ok)
+		return -ENOSYS;
+	OSSL_PARAM params[] = {crypto.param_utf8(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+			       crypto.param_end()};
+	mac = crypto.mac_fetch(NULL, "HMAC", NULL);
+	ctx = mac ? crypto.ctx_new(mac) : NULL;
+	ok = ctx && crypto.init(ctx, key, klen, params);
 	for (int i = 0; ok && i < nparts; i++)
-		ok = EVP_MAC_update(ctx, parts[i].iov_base, parts[i].iov_len);
-	ok = ok && EVP_MAC_final(ctx, tag, &out, RAUTH_TAG) && out == RAUTH_TAG;
-	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(mac);
+		ok = crypto.update(ctx, parts[i].iov_base, parts[i].iov_len);
+	ok = ok && crypto.final(ctx, tag, &out, RAUTH_TAG) && out == RAUTH_TAG;
+	crypto.ctx_free(ctx);
+	crypto.mac_free(mac);
 	return ok ? 0 : -EIO;
 }
 
 int rauth_random(uint8_t *buf, size_t len)
 {
-	return RAND_bytes(buf, (int)len) == 1 ? 0 : -EIO;
+	/* The kernel's CSPRNG; blocks only until it is seeded, once per boot. */
+	while (len) {
+		ssize_t n = getrandom(buf, len, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -EIO;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }
 
 int rauth_tag_equal(const uint8_t *a, const uint8_t *b, size_t len)
 {
-	return CRYPTO_memcmp(a, b, len) == 0;
+	/* Constant time: how much of a forged tag matched must not show. */
+	volatile uint8_t diff = 0;
+
+	for (size_t i = 0; i < len; i++)
+		diff |= a[i] ^ b[i];
+	return diff == 0;
 }
 
 void rauth_hex(const uint8_t *in, size_t len, char *out)
