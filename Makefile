@@ -106,9 +106,9 @@ clean:
 FUZZ_TIME ?= 60
 BF := build-fuzz
 .PHONY: fuzz-qcow2
-$(BF)/qcow2_fuzz: tests/fuzz/qcow2_fuzz.c $(wildcard src/block/*.c src/block/*.h) src/util/log.c
+$(BF)/qcow2_fuzz: tests/fuzz/qcow2_fuzz.c $(wildcard src/block/*.c src/block/*.h) src/util/log.c src/util/dl.c
 	@mkdir -p $(BF)
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< $(wildcard src/block/*.c) src/util/log.c -lz -lpthread -lcrypto
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -o $@ $< $(wildcard src/block/*.c) src/util/log.c src/util/dl.c -lz -lpthread
 
 fuzz-qcow2: $(BF)/qcow2_fuzz
 	bash tests/fuzz/qcow2_seeds.sh $(BF)/qcow2-corpus

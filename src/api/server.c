@@ -8,7 +8,6 @@
  * by API_MAX_BODY: a larger Content-Length is refused before the body is
  * read, a larger chunked body is drained and refused.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -24,6 +23,7 @@
 #include <microhttpd.h>
 
 #include "api/api_int.h"
+#include "util/dl.h"
 #include "util/log.h"
 
 /*
@@ -46,34 +46,19 @@ static struct {
 static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
 static bool mhd_ok;
 
-static void *mhd_sym(void *lib, const char *name, bool *ok)
-{
-	void *f = dlsym(lib, name);
-
-	if (!f) {
-		pr_err("api: %s has no %s", MHD_SONAME, name);
-		*ok = false;
-	}
-	return f;
-}
-
 static void mhd_load(void)
 {
-	void *lib = dlopen(MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
-	bool ok = true;
+	const struct dl_sym syms[] = {
+	    {"MHD_start_daemon", (void **)&mhd.start_daemon},
+	    {"MHD_stop_daemon", (void **)&mhd.stop_daemon},
+	    {"MHD_create_response_from_buffer", (void **)&mhd.create_response_from_buffer},
+	    {"MHD_add_response_header", (void **)&mhd.add_response_header},
+	    {"MHD_queue_response", (void **)&mhd.queue_response},
+	    {"MHD_destroy_response", (void **)&mhd.destroy_response},
+	    {"MHD_lookup_connection_value", (void **)&mhd.lookup_connection_value},
+	};
 
-	if (!lib) {
-		pr_err("api: cannot load %s: %s", MHD_SONAME, dlerror());
-		return;
-	}
-	mhd.start_daemon = mhd_sym(lib, "MHD_start_daemon", &ok);
-	mhd.stop_daemon = mhd_sym(lib, "MHD_stop_daemon", &ok);
-	mhd.create_response_from_buffer = mhd_sym(lib, "MHD_create_response_from_buffer", &ok);
-	mhd.add_response_header = mhd_sym(lib, "MHD_add_response_header", &ok);
-	mhd.queue_response = mhd_sym(lib, "MHD_queue_response", &ok);
-	mhd.destroy_response = mhd_sym(lib, "MHD_destroy_response", &ok);
-	mhd.lookup_connection_value = mhd_sym(lib, "MHD_lookup_connection_value", &ok);
-	mhd_ok = ok; /* the library stays loaded for the process's lifetime */
+	mhd_ok = dl_load("api", MHD_SONAME, syms, sizeof(syms) / sizeof(syms[0]));
 }
 
 /* What we keep per request between the calls libmicrohttpd makes for it. */

@@ -7,7 +7,6 @@
  * memory in every tern process, every clone included, and only
  * replication uses it.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,6 +21,7 @@
 #include <openssl/evp.h>
 
 #include "block/replicate_auth.h"
+#include "util/dl.h"
 #include "util/log.h"
 
 #define CRYPTO_SONAME "libcrypto.so.3"
@@ -40,37 +40,22 @@ static struct {
 static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
 static bool crypto_ok;
 
-static void *crypto_sym(void *lib, const char *name, bool *ok)
-{
-	void *f = dlsym(lib, name);
-
-	if (!f) {
-		pr_err("replicate: %s has no %s", CRYPTO_SONAME, name);
-		*ok = false;
-	}
-	return f;
-}
-
 static void crypto_load(void)
 {
-	void *lib = dlopen(CRYPTO_SONAME, RTLD_NOW | RTLD_LOCAL);
-	bool ok = true;
+	const struct dl_sym syms[] = {
+	    {"OSSL_PARAM_construct_utf8_string", (void **)&crypto.param_utf8},
+	    {"OSSL_PARAM_construct_end", (void **)&crypto.param_end},
+	    {"EVP_MAC_fetch", (void **)&crypto.mac_fetch},
+	    {"EVP_MAC_free", (void **)&crypto.mac_free},
+	    {"EVP_MAC_CTX_new", (void **)&crypto.ctx_new},
+	    {"EVP_MAC_CTX_free", (void **)&crypto.ctx_free},
+	    {"EVP_MAC_init", (void **)&crypto.init},
+	    {"EVP_MAC_update", (void **)&crypto.update},
+	    {"EVP_MAC_final", (void **)&crypto.final},
+	};
 
-	if (!lib) {
-		pr_err("replicate: cannot load %s (Debian package libssl3): %s", CRYPTO_SONAME,
-		       dlerror());
-		return;
-	}
-	crypto.param_utf8 = crypto_sym(lib, "OSSL_PARAM_construct_utf8_string", &ok);
-	crypto.param_end = crypto_sym(lib, "OSSL_PARAM_construct_end", &ok);
-	crypto.mac_fetch = crypto_sym(lib, "EVP_MAC_fetch", &ok);
-	crypto.mac_free = crypto_sym(lib, "EVP_MAC_free", &ok);
-	crypto.ctx_new = crypto_sym(lib, "EVP_MAC_CTX_new", &ok);
-	crypto.ctx_free = crypto_sym(lib, "EVP_MAC_CTX_free", &ok);
-	crypto.init = crypto_sym(lib, "EVP_MAC_init", &ok);
-	crypto.update = crypto_sym(lib, "EVP_MAC_update", &ok);
-	crypto.final = crypto_sym(lib, "EVP_MAC_final", &ok);
-	crypto_ok = ok; /* the library stays loaded for the process's lifetime */
+	crypto_ok = dl_load("replicate (libcrypto, Debian package libssl3)", CRYPTO_SONAME, syms,
+			    sizeof(syms) / sizeof(syms[0]));
 }
 
 static int key_read(int fd, const char *path, struct replicate_key *key)
