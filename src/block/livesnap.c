@@ -93,11 +93,12 @@ static int write_nonzero(struct livesnap *ls, uint64_t off, uint64_t len)
 {
 	uint64_t bs = 1ull << ls->bshift, start = 0, run = 0;
 
-	for (uint64_t pos = 0; pos <= len; pos += bs) {
+	/* len need not be a multiple of bs: the disk's last block may be short. */
+	for (uint64_t pos = 0; pos < len; pos += bs) {
 		uint64_t n = len - pos < bs ? len - pos : bs;
 		int r;
 
-		if (pos < len && !all_zero(ls->buf + pos, n)) {
+		if (!all_zero(ls->buf + pos, n)) {
 			if (!run)
 				start = pos;
 			run += n;
@@ -110,6 +111,13 @@ static int write_nonzero(struct livesnap *ls, uint64_t off, uint64_t len)
 			return r;
 		ls->bytes += run;
 		run = 0;
+	}
+	if (run) {
+		int r = blk_pwrite(ls->target, ls->buf + start, run, off + start);
+
+		if (r < 0)
+			return r;
+		ls->bytes += run;
 	}
 	return 0;
 }

@@ -190,6 +190,35 @@ static void test_raw_to_qcow2(void **state)
 	snapshot_under_writes(*state, "raw", "qcow2", 65536);
 }
 
+/* A disk whose size is not a whole number of copy blocks: its short last block is copied too. */
+static void test_short_last_block(void **state)
+{
+	const uint64_t size = DISK - 3 * WBLK; /* 64 KiB blocks: the last one holds 52 KiB */
+	struct fix *f = *state;
+	struct livesnap_opts o = {.target = f->target, .block_size = 65536};
+	struct blockdev *base, *filter, *bd;
+	uint8_t *got = malloc(size);
+	struct livesnap *ls;
+	uint64_t seed = 9;
+
+	assert_non_null(got);
+	fill_rand(f->before, size, &seed);
+	assert_int_equal(qt_sh("truncate -s %llu '%s'", (unsigned long long)size, f->disk), 0);
+	assert_int_equal(blk_open(f->disk, false, &base), 0);
+	assert_int_equal(blk_pwrite(base, f->before, size, 0), 0);
+	assert_int_equal(livesnap_prepare(size, &o, &ls), 0);
+	assert_int_equal(livesnap_arm(ls, base, &filter), 0);
+	assert_int_equal(livesnap_wait(filter), 0);
+	blk_close(filter);
+	assert_int_equal(blk_open_fmt(f->target, "raw", true, &bd), 0);
+	assert_int_equal(bd->size, size);
+	assert_int_equal(blk_pread(bd, got, size, 0), 0);
+	assert_memory_equal(got + size - 65536, f->before + size - 65536, 65536);
+	assert_memory_equal(got, f->before, size);
+	blk_close(bd);
+	free(got);
+}
+
 static void test_zeroes_and_discard(void **state)
 {
 	struct fix *f = *state;
@@ -299,6 +328,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_raw_to_raw, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_qcow2_to_raw, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_raw_to_qcow2, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_short_last_block, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_zeroes_and_discard, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unwrap_and_again, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
