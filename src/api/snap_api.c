@@ -133,8 +133,9 @@ static bool has_writable_disk(struct api *api)
 static int run_clone_cmd(const char *dir, const char *state, unsigned count)
 {
 	char n[16], *log = NULL;
-	char *argv[] = {"tern",	     "clone",	  "--detach",	 "--count", n,
-			"--out-dir", (char *)dir, (char *)state, NULL};
+	/* "--": a state path may start with '-'. */
+	char *argv[] = {"tern",	     "clone",	  "--detach", "--count",     n,
+			"--out-dir", (char *)dir, "--",	      (char *)state, NULL};
 	posix_spawn_file_actions_t fa;
 	pid_t pid;
 	int err, st;

@@ -258,6 +258,7 @@ static int prepare(struct clone *c, const struct clone_opts *o, const struct mac
 		c->argv[n++] = "--disk";
 		c->argv[n++] = c->disks[i];
 	}
+	c->argv[n++] = "--"; /* a state path may start with '-' */
 	c->argv[n++] = (char *)o->state;
 	c->argv[n] = NULL;
 	return 0;
@@ -320,8 +321,15 @@ static int wait_all(struct clone *cl, unsigned n)
 
 		if (cl[i].pid <= 0)
 			continue;
-		while (waitpid(cl[i].pid, &st, 0) < 0 && errno == EINTR)
+		pid_t r;
+
+		while ((r = waitpid(cl[i].pid, &st, 0)) < 0 && errno == EINTR)
 			;
+		if (r < 0) {
+			fprintf(stderr, "tern clone: clone %s: %s\n", cl[i].index, strerror(errno));
+			rc = 1;
+			continue;
+		}
 		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
 			continue;
 		rc = 1;

@@ -115,7 +115,8 @@ static char *disk_path(const char *sock, unsigned disk)
 
 	snprintf(path, sizeof(path), "/vm/disks/%u", disk);
 	o = api_call(sock, "GET", path, NULL);
-	if (o && json_object_object_get_ex(o, "path", &p))
+	if (o && json_object_object_get_ex(o, "path", &p) &&
+	    json_object_is_type(p, json_type_string))
 		s = strdup(json_object_get_string(p));
 	json_object_put(o);
 	return s;

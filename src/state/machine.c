@@ -256,6 +256,9 @@ static int rd_v2(struct snap_rd *r, struct machine_desc *d)
 	d->mem_mib = snap_rd_u64(r);
 	if (r->err || flags & ~(DESC_F_BALLOON | DESC_F_IDENTITY | DESC_F_BALLOON_NOREPORT))
 		return -EINVAL;
+	/* The same limits as the state file's header, so nothing overflows later. */
+	if ((uint32_t)d->cpus > SNAP_MAX_CPUS || d->mem_mib > SNAP_MEM_MAX >> 20)
+		return -EINVAL;
 	/* "Without reporting" qualifies a balloon; alone it is a damaged record. */
 	if ((flags & (DESC_F_BALLOON | DESC_F_BALLOON_NOREPORT)) == DESC_F_BALLOON_NOREPORT)
 		return -EINVAL;

@@ -224,6 +224,8 @@ static void test_hostile_records(void **state)
 	assert_int_equal(decode_patched(0, 3), -EPROTONOSUPPORT);
 	assert_int_equal(decode_patched(4, 8), -EINVAL);	   /* unknown flag */
 	assert_int_equal(decode_patched(4, 4), -EINVAL);	   /* no-reporting without a balloon */
+	assert_int_equal(decode_patched(8, 256), -EINVAL);	   /* more than a state file holds */
+	assert_int_equal(decode_patched(16, 0x10000), -EINVAL);  /* RAM MiB, high half: beyond 1 TiB */
 	assert_int_equal(decode_patched(20, 0xffffffff), -EINVAL); /* kernel length */
 	assert_int_equal(decode_patched(20, 4096), -EINVAL);
 	/* Version 1: disk count above 16, a path with a NUL, readonly not 0/1. */
