@@ -10,7 +10,7 @@
 . "$(dirname "$0")/lib.sh"
 [ "$E2E_VMM" = qemu ] && skip "the balloon API is tern's own"
 e2e_require_boot
-"$TERN" run --help 2>&1 | grep -q -- '--balloon' || skip "tern run has no --balloon option yet"
+"$TERN" run --help 2>&1 | grep -q -- '--balloon' || fail "tern run --help does not list --balloon"
 
 SOCK=$E2E_TMP/api.sock
 RAW=$E2E_TMP/raw

@@ -7,7 +7,7 @@
 . "$(dirname "$0")/lib.sh"
 [ "$E2E_VMM" = qemu ] && skip "the balloon API is tern's own"
 e2e_require_boot
-"$TERN" run --help 2>&1 | grep -q -- '--balloon' || skip "tern run has no --balloon option yet"
+"$TERN" run --help 2>&1 | grep -q -- '--balloon' || fail "tern run --help does not list --balloon"
 grep -q '^CONFIG_PAGE_REPORTING=y' "$E2E_ROOT/guest/out/config" 2>/dev/null ||
 	skip "the guest kernel has no page reporting"
 
