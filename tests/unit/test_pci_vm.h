@@ -122,7 +122,14 @@ static inline int fake_wait_msi(struct vm *vm, int n)
 
 static inline int test_vm_create(struct vm *vm, uint64_t mem)
 {
-	struct vm_config cfg = {.mem_size = mem, .ncpus = 1, .cpu = &fake_backend};
+	/*
+	 * memfd: device tests check residency right after a release, and on
+	 * an anonymous huge-page mapping a loaded host was seen reporting a
+	 * just-released page resident again (test_balloon). Both backings'
+	 * release paths are tested in test_reclaim.
+	 */
+	struct vm_config cfg = {
+	    .mem_size = mem, .ncpus = 1, .cpu = &fake_backend, .mem_backing = GM_BACKING_MEMFD};
 
 	return vm_create(vm, &cfg);
 }
